@@ -75,7 +75,7 @@ def train_unet(backbone: UNetBackbone, images: torch.Tensor, masks: torch.Tensor
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             dice.append(_batch_dice(logits.detach(), y.to(backbone.device)))
         record = {"epoch": epoch, "loss": float(np.mean(losses)), "dsc": float(np.mean(dice)),
                   "seconds": time.perf_counter() - started}

@@ -41,11 +41,21 @@ class ImageResult:
     dice_apple: float | None
 
 
+@dataclass
+class SegmentedRecord:
+    """Masks of one image and its channel-wise mean latents (C-vectors) before and after perturbation."""
+
+    truth: np.ndarray
+    base: np.ndarray
+    apple: np.ndarray | None
+    pooled_latent: np.ndarray
+    pooled_perturbed: np.ndarray | None
+
+
 @torch.no_grad()
-def segment_record(backbone: Backbone, perturber: Perturber | None, record: CohortRecord,
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
-    """Return (ground truth, base mask, APPLE mask or None) for one record, prompted by
-    the tight box of each ground-truth region; None when the ground truth is empty."""
+def segment_record(backbone: Backbone, perturber: Perturber | None, record: CohortRecord) -> SegmentedRecord | None:
+    """Segment one record with and without the perturber, prompted by the tight box of
+    each ground-truth region; None when the ground truth is empty."""
     image = read_image(record.image)
     truth = read_mask(record.mask, expected_shape=image.shape[:2])
     boxes = boxes_from_mask(truth)
@@ -55,11 +65,13 @@ def segment_record(backbone: Backbone, perturber: Perturber | None, record: Coho
     encoded = backbone.encode(prepared.pixels)
     box_tensor = backbone.boxes_to_input_frame(boxes, prepared) if backbone.requires_box else None
     base = backbone.logits_to_mask(backbone.decode(encoded.latent, encoded.context, box_tensor), prepared)
-    apple = None
+    apple = pooled_perturbed = None
     if perturber is not None:
-        logits = backbone.decode(perturber.perturb(encoded.latent), encoded.context, box_tensor)
-        apple = backbone.logits_to_mask(logits, prepared)
-    return truth, base, apple
+        perturbed = perturber.perturb(encoded.latent)
+        apple = backbone.logits_to_mask(backbone.decode(perturbed, encoded.context, box_tensor), prepared)
+        pooled_perturbed = perturbed.mean(dim=(-2, -1))[0].float().cpu().numpy()
+    pooled = encoded.latent.mean(dim=(-2, -1))[0].float().cpu().numpy()
+    return SegmentedRecord(truth, base, apple, pooled, pooled_perturbed)
 
 
 def evaluate_records(backbone: Backbone, perturber: Perturber | None, records: Sequence[CohortRecord],
@@ -69,16 +81,23 @@ def evaluate_records(backbone: Backbone, perturber: Perturber | None, records: S
 
     Returns:
         (per-image results, metrics dict {"base": ..., "apple": ... or None,
-        "skipped_empty_masks": n}). With ``mask_folder`` the predicted masks
+        "skipped_empty_masks": n}, pooled latents {"f_o": NxC, "f_p": NxC or None}).
+        The latents are averaged over their spatial axes, which keeps what the
+        latent-space analyses (t-SNE, Davies-Bouldin, silhouette) need at C
+        floats per image. With ``mask_folder`` the predicted masks
         are written to ``mask_folder/base`` and ``mask_folder/apple``.
     """
     results, skipped = [], 0
+    pooled, pooled_perturbed = [], []
     for index, record in enumerate(records, start=1):
         output = segment_record(backbone, perturber, record)
         if output is None:
             skipped += 1
             continue
-        truth, base, apple = output
+        truth, base, apple = output.truth, output.base, output.apple
+        pooled.append(output.pooled_latent)
+        if output.pooled_perturbed is not None:
+            pooled_perturbed.append(output.pooled_perturbed)
         results.append(ImageResult(
             image=record.image.name, case_id=record.case_id, group=group_of(record, attribute, age_threshold),
             dice_base=dice_score(base, truth), dice_apple=None if apple is None else dice_score(apple, truth),
@@ -98,11 +117,16 @@ def evaluate_records(backbone: Backbone, perturber: Perturber | None, records: S
         "apple": None if perturber is None else fairness_metrics([r.dice_apple for r in results], groups, names),
         "skipped_empty_masks": skipped,
     }
-    return results, metrics
+    latents = {"f_o": np.stack(pooled), "f_p": np.stack(pooled_perturbed) if pooled_perturbed else None}
+    return results, metrics, latents
 
 
-def write_evaluation(folder: Path, results: Sequence[ImageResult], metrics: dict) -> None:
-    """Write ``per_image.csv`` and ``metrics.json`` into ``folder``, each atomically."""
+def write_evaluation(folder: Path, results: Sequence[ImageResult], metrics: dict, latents: dict | None = None) -> None:
+    """Write ``per_image.csv``, ``metrics.json`` and ``latents.npz`` into ``folder``, each atomically.
+
+    ``latents.npz`` holds ``f_o`` (and ``f_p`` with a perturber), NxC pooled
+    latents in the row order of ``per_image.csv``.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -112,5 +136,10 @@ def write_evaluation(folder: Path, results: Sequence[ImageResult], metrics: dict
                          "" if r.dice_apple is None else f"{r.dice_apple:.6f}"])
     with atomic_output(folder / "per_image.csv") as temporary:
         temporary.write_text(buffer.getvalue(), encoding="utf-8")
+    if latents is not None:
+        arrays = {key: value for key, value in latents.items() if value is not None}
+        with atomic_output(folder / "latents.npz") as temporary:
+            with open(temporary, "wb") as handle:
+                np.savez_compressed(handle, **arrays)
     with atomic_output(folder / "metrics.json") as temporary:
         temporary.write_text(json.dumps(to_json_safe(metrics), indent=2), encoding="utf-8")

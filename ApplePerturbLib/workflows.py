@@ -140,7 +140,7 @@ def evaluate_on_cohort(manifest: Path, backbone_name: str, checkpoint: Path | No
         reporter.steps("segmenting images", done, total)
 
     started = time.perf_counter()
-    results, metrics = evaluate_records(backbone, perturber, records, attribute, split.age_threshold,
+    results, metrics, latents = evaluate_records(backbone, perturber, records, attribute, split.age_threshold,
                                         out / "masks" if save_masks else None, on_image)
     metrics.update({
         "attribute": attribute, "split": split_name, "split_settings": asdict(split), "backbone": backbone.name,
@@ -148,7 +148,7 @@ def evaluate_on_cohort(manifest: Path, backbone_name: str, checkpoint: Path | No
         "perturber_metadata": perturber_metadata, "cohort_manifest": Path(manifest).name,
         "seconds": round(time.perf_counter() - started, 1),
     })
-    write_evaluation(out, results, metrics)
+    write_evaluation(out, results, metrics, latents)
     reporter.event("done", metrics=str(out / "metrics.json"))
     return metrics
 
