@@ -8,6 +8,7 @@ stops training cleanly with status 143 and no checkpoint written.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import signal
 import sys
@@ -17,6 +18,8 @@ from ApplePerturbLib.backbones import BACKBONE_NAMES, DEFAULT_BACKBONE
 from ApplePerturbLib.errors import ApplePerturbError, TrainingInterrupted
 
 logger = logging.getLogger("ApplePerturbLib")
+
+EXTRA_COMMAND_MODULES: tuple[str, ...] = ()
 
 
 class StopFlag:
@@ -120,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=6, help="perturber training epochs (default 6)")
     demo.add_argument("--beta", type=float, default=1.0, help="segmentation-loss weight (default 1.0)")
     _add_progress_option(demo)
+
+    # Analysis commands live in their own modules; each adds its subparser and
+    # sets ``handler`` to a function(args, reporter, should_stop).
+    for name in EXTRA_COMMAND_MODULES:
+        importlib.import_module(name).add_parser(commands)
     return parser
 
 

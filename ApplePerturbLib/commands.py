@@ -11,6 +11,9 @@ from ApplePerturbLib.progress import Reporter
 
 def run(args: argparse.Namespace, reporter: Reporter, should_stop) -> None:
     """Dispatch to the subcommand's function."""
+    if getattr(args, "handler", None) is not None:
+        args.handler(args, reporter, should_stop)
+        return
     handlers = {
         "train": train, "evaluate": evaluate, "segment": segment, "import-ddti": import_ddti,
         "train-base": train_base, "demo": demo,
