@@ -190,8 +190,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for a bad file
+        reason = (str(error).splitlines() or ["empty or unreadable file"])[0]
         raise CheckpointError(
-            f"cannot read weights file {path}: {error.__class__.__name__}: {str(error).splitlines()[0]}. "
+            f"cannot read weights file {path}: {error.__class__.__name__}: {reason}. "
             "Give a PyTorch state-dict file (.pth) holding tensors only."
         ) from error
     for key in ("model", "state_dict"):

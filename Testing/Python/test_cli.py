@@ -1,0 +1,166 @@
+"""The apple-perturb command line end to end on generated data, and its error messages."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ApplePerturbLib.cli import main
+from ApplePerturbLib.cohort import read_manifest, write_manifest
+from ApplePerturbLib.imageio import read_mask
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_manifest, tmp_path_factory):
+    """A U-Net trained for one epoch and a perturber trained on it for two."""
+    work = tmp_path_factory.mktemp("trained")
+    unet, perturber = work / "unet.safetensors", work / "perturber.safetensors"
+    assert main(["train-base", "--cohort", str(synthetic_manifest), "--out", str(unet), "--epochs", "1",
+                 "--progress", "none"]) == 0
+    assert main(["train", "--cohort", str(synthetic_manifest), "--backbone", "unet", "--checkpoint", str(unet),
+                 "--attribute", "sex", "--out", str(perturber), "--epochs", "2", "--lr", "1e-2",
+                 "--cache", str(work / "cache"), "--progress", "none"]) == 0
+    return unet, perturber
+
+
+def _evaluate(manifest, unet, perturber, out):
+    code = main(["evaluate", "--cohort", str(manifest), "--backbone", "unet", "--checkpoint", str(unet),
+                 "--perturber", str(perturber), "--out", str(out), "--save-masks", "--progress", "none"])
+    assert code == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_evaluate_writes_metrics_for_both_models(synthetic_manifest, trained, tmp_path, capsys):
+    unet, perturber = trained
+    metrics = _evaluate(synthetic_manifest, unet, perturber, tmp_path / "eval")
+    assert set(metrics["base"]["groups"]) == {"female", "male"}
+    assert metrics["apple"]["n_images"] == metrics["base"]["n_images"] > 0
+    assert metrics["attribute"] == "sex"
+    rows = list(csv.DictReader(open(tmp_path / "eval" / "per_image.csv")))
+    assert len(rows) == metrics["base"]["n_images"]
+    assert np.mean([float(r["dice_base"]) for r in rows]) == pytest.approx(metrics["base"]["dsc_overall"], abs=1e-6)
+    assert "DSC_delta" in capsys.readouterr().out
+
+
+def test_perturber_reload_reproduces_masks(synthetic_manifest, trained, tmp_path):
+    unet, perturber = trained
+    _evaluate(synthetic_manifest, unet, perturber, tmp_path / "first")
+    _evaluate(synthetic_manifest, unet, perturber, tmp_path / "second")
+    first = sorted((tmp_path / "first" / "masks" / "apple").iterdir())
+    assert first
+    for path in first:
+        assert np.array_equal(read_mask(path), read_mask(tmp_path / "second" / "masks" / "apple" / path.name))
+
+    image = next(r.image for r in read_manifest(synthetic_manifest) if r.image.stem == first[0].stem)
+    out = tmp_path / "one.png"
+    assert main(["segment", str(image), "--backbone", "unet", "--checkpoint", str(unet),
+                 "--perturber", str(perturber), "--out", str(out)]) == 0
+    assert np.array_equal(read_mask(out), read_mask(first[0]))
+
+
+def test_perturber_for_other_backbone_is_rejected(synthetic_manifest, trained, tmp_path, capsys):
+    _, perturber = trained
+    code = main(["evaluate", "--cohort", str(synthetic_manifest), "--backbone", "litemedsam",
+                 "--perturber", str(perturber), "--out", str(tmp_path / "eval"), "--progress", "none"])
+    assert code == 1
+    message = capsys.readouterr().err
+    assert "'unet'" in message and "'litemedsam'" in message
+    assert not (tmp_path / "eval").exists()
+
+
+def test_training_emits_json_lines(synthetic_manifest, trained, tmp_path):
+    unet, _ = trained
+    out = tmp_path / "p.safetensors"
+    completed = subprocess.run(
+        [sys.executable, "-m", "ApplePerturbLib", "train", "--cohort", str(synthetic_manifest), "--backbone", "unet",
+         "--checkpoint", str(unet), "--attribute", "age", "--out", str(out), "--epochs", "2", "--no-cache",
+         "--progress", "jsonl"], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    events = [json.loads(line) for line in completed.stdout.splitlines()]
+    assert events[0]["event"] == "start"
+    epochs = [e for e in events if e["event"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert all(e["epochs"] == 2 and "loss_g" in e and "loss_d" in e and "dsc" in e for e in epochs)
+    assert events[-1] == {"event": "done", "checkpoint": str(out), "seconds": events[-1]["seconds"],
+                          "dsc": epochs[-1]["dsc"]}
+    assert out.is_file()
+
+
+def test_json_lines_error_event(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "ApplePerturbLib", "train", "--cohort", str(tmp_path / "absent.csv"),
+         "--attribute", "sex", "--out", str(tmp_path / "p.safetensors"), "--progress", "jsonl"],
+        capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 1
+    event = json.loads(completed.stdout.splitlines()[-1])
+    assert event["event"] == "error"
+    assert "absent.csv" in event["message"]
+
+
+@pytest.mark.parametrize("box, expected", [
+    (["500", "10", "600", "50"], "outside"),
+    (["10", "10", "10", "50"], "zero area"),
+    (["40", "10", "20", "50"], "inverted"),
+])
+def test_segment_rejects_bad_box(synthetic_manifest, tmp_path, capsys, box, expected):
+    image = read_manifest(synthetic_manifest)[0].image
+    out = tmp_path / "mask.png"
+    assert main(["segment", str(image), "--box", *box, "--out", str(out)]) == 1
+    assert expected in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_segment_rejects_truncated_image(synthetic_manifest, tmp_path, capsys):
+    image = read_manifest(synthetic_manifest)[0].image
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(image.read_bytes()[: image.stat().st_size // 2])
+    assert main(["segment", str(broken), "--box", "1", "1", "20", "20", "--out", str(tmp_path / "m.png")]) == 1
+    assert "broken.png" in capsys.readouterr().err
+
+
+def test_missing_backbone_checkpoint(synthetic_manifest, tmp_path, capsys):
+    image = read_manifest(synthetic_manifest)[0].image
+    assert main(["segment", str(image), "--backbone", "unet", "--checkpoint", str(tmp_path / "none.safetensors"),
+                 "--out", str(tmp_path / "m.png")]) == 1
+    assert "none.safetensors" in capsys.readouterr().err
+
+
+def test_empty_cohort(tmp_path, capsys):
+    (tmp_path / "manifest.csv").write_text("image,mask,case_id,sex,age\n")
+    assert main(["train", "--cohort", str(tmp_path / "manifest.csv"), "--attribute", "sex",
+                 "--out", str(tmp_path / "p.safetensors"), "--progress", "none"]) == 1
+    assert "empty" in capsys.readouterr().err
+    assert not (tmp_path / "p.safetensors").exists()
+
+
+def test_single_group_training_split(synthetic_manifest, tmp_path, capsys):
+    records = [r for r in read_manifest(synthetic_manifest)]
+    only_female = [type(r)(r.image, r.mask, r.case_id, "F", r.age, r.spacing) for r in records]
+    manifest = tmp_path / "female.csv"
+    write_manifest(manifest, only_female)
+    assert main(["train", "--cohort", str(manifest), "--attribute", "sex",
+                 "--out", str(tmp_path / "p.safetensors"), "--progress", "none"]) == 1
+    message = capsys.readouterr().err
+    assert "sex" in message and "female" in message
+    assert not (tmp_path / "p.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_litemedsam_train_and_evaluate(synthetic_manifest, tmp_path):
+    perturber = tmp_path / "lite.safetensors"
+    assert main(["train", "--cohort", str(synthetic_manifest), "--attribute", "sex", "--out", str(perturber),
+                 "--epochs", "1", "--max-images", "6", "--cache", str(tmp_path / "cache"), "--progress", "none"]) == 0
+    assert len(list((tmp_path / "cache" / "latents").glob("*.safetensors"))) == 6
+    metrics = _evaluate_lite(synthetic_manifest, perturber, tmp_path / "eval")
+    assert metrics["base"]["dsc_overall"] > 0.5
+    assert metrics["perturber_metadata"]["backbone"] == "litemedsam"
+
+
+def _evaluate_lite(manifest, perturber, out):
+    assert main(["evaluate", "--cohort", str(manifest), "--perturber", str(perturber), "--out", str(out),
+                 "--progress", "none"]) == 0
+    return json.loads((out / "metrics.json").read_text())
