@@ -124,7 +124,7 @@ def evaluate_records(backbone: Backbone, perturber: Perturber | None, records: S
 def write_evaluation(folder: Path, results: Sequence[ImageResult], metrics: dict, latents: dict | None = None) -> None:
     """Write ``per_image.csv``, ``metrics.json`` and ``latents.npz`` into ``folder``, each atomically.
 
-    ``latents.npz`` holds ``f_o`` (and ``f_p`` with a perturber), NxC pooled
+    ``latents.npz`` contains ``f_o`` (and ``f_p`` with a perturber), NxC pooled
     latents in the row order of ``per_image.csv``.
     """
     folder.mkdir(parents=True, exist_ok=True)

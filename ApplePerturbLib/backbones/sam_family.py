@@ -114,7 +114,7 @@ def sam_encoder_config(state_dict: dict[str, torch.Tensor]) -> SamEncoderConfig:
 
     Windowed blocks carry relative position tables of 2*window-1 rows and
     global blocks tables of 2*64-1 rows, which gives the global-attention
-    indexes; the table's width is the head dimension.
+    indexes. The table's width is the head dimension.
     """
     embed_dim = state_dict["image_encoder.patch_embed.proj.weight"].shape[0]
     block_ids = {int(m.group(1)) for key in state_dict if (m := re.match(r"image_encoder\.blocks\.(\d+)\.", key))}
@@ -169,7 +169,7 @@ def build_sam(name: str, checkpoint: str | Path | None) -> SamFamilyBackbone:
     config = sam_encoder_config(state_dict)
     expected = "vit_b" if name == "medsam" else name.removeprefix("sam_")
     if config.variant != expected and config.embed_dim in (768, 1024, 1280):
-        raise CheckpointError(f"{path} holds a SAM {config.variant} encoder but backbone '{name}' expects {expected}; "
+        raise CheckpointError(f"{path} contains a SAM {config.variant} encoder but backbone '{name}' expects {expected}; "
                               f"use --backbone sam_{config.variant} or the matching file.")
     image_encoder, prompt_encoder, mask_decoder = build_sam_modules(config)
     container = nn.Module()
