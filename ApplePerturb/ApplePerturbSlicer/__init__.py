@@ -1,7 +1,8 @@
-"""MRML plumbing of the ApplePerturb Slicer module, testable outside the application.
+"""Slicer-side helpers of the ApplePerturb module.
 
-The modules here import only ``slicer`` (MRML nodes and module logics), ``vtk``
-and ``numpy``, never ``qt``, ``ctk`` or ``slicer.app``, so the same code runs in
-Slicer and under pytest with the ``slicer-core`` wheel. ``mrml_io`` gathers the
-public functions; ``frames``, ``geometry`` and ``results`` hold their parts.
+``mrml_io`` (with its parts ``frames``, ``geometry`` and ``results``) imports
+only ``slicer`` (MRML nodes and module logics), ``vtk`` and ``numpy``, so it
+runs in Slicer and under pytest with the ``slicer-core`` wheel. The panel
+controllers (``batch_controller``, ``training_controller``) also use ``qt``
+and run only inside the Slicer application.
 """
