@@ -1,8 +1,10 @@
-"""Train a from-scratch U-Net on a cohort (``apple-perturb train-base``).
+"""Train a from-scratch base model (U-Net or TransUNet) on a cohort (``apple-perturb train-base``).
 
 The trained network is the frozen backbone APPLE later perturbs. Images are
 preprocessed once and kept as uint8 in memory; each step flips a random half
-of the batch horizontally.
+of the batch horizontally. Any backbone with ``forward`` (Bx3xSxS -> Bx1xSxS
+logits), ``normalize``, ``mean``, ``std`` and ``target_in_logits_frame``
+can be trained here, with the plain loss or with FEBS (``baselines.febs``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import numpy as np
 import torch
 
 from ApplePerturbLib.apple.losses import segmentation_loss
-from ApplePerturbLib.backbones.unet import UNetBackbone
+from ApplePerturbLib.backbones.base import Backbone
+from ApplePerturbLib.baselines.febs import febs_segmentation_loss
 from ApplePerturbLib.cohort import CohortRecord
 from ApplePerturbLib.errors import InvalidInputError, TrainingInterrupted
 from ApplePerturbLib.imageio import read_image, read_mask
@@ -24,17 +27,31 @@ from ApplePerturbLib.imageio import read_image, read_mask
 logger = logging.getLogger(__name__)
 
 
+BASE_LOSSES = ("dice_ce", "febs")
+
+
 @dataclass
 class BaseTrainingConfig:
-    """U-Net training settings: epochs (default 30), batch size 8, Adam lr 1e-3, seed 0."""
+    """Base-model training settings.
+
+    Attributes:
+        epochs, batch_size, learning_rate, seed: default 30, 8, Adam 1e-3, 0.
+        loss: "dice_ce" (``0.5 * (BCE + Dice)``, default) or "febs" (fair
+            error-bound scaling, needs per-image groups).
+        febs_attribute: attribute whose groups FEBS scales ("sex" or "age"); None without FEBS.
+        febs_gamma: FEBS exponent, default 1.
+    """
 
     epochs: int = 30
     batch_size: int = 8
     learning_rate: float = 1e-3
     seed: int = 0
+    loss: str = "dice_ce"
+    febs_attribute: str | None = None
+    febs_gamma: float = 1.0
 
 
-def load_training_arrays(backbone: UNetBackbone, records: Sequence[CohortRecord]) -> tuple[torch.Tensor, torch.Tensor]:
+def load_training_arrays(backbone: Backbone, records: Sequence[CohortRecord]) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (Nx3xSxS uint8 images after resizing, Nx1xSxS uint8 masks) for the cohort."""
     images, masks = [], []
     for record in records:
@@ -46,19 +63,33 @@ def load_training_arrays(backbone: UNetBackbone, records: Sequence[CohortRecord]
         images.append(pixels.round().clamp(0, 255).to(torch.uint8)[0])
         masks.append(backbone.target_in_logits_frame(mask, prepared)[0].to(torch.uint8))
     if not images:
-        raise InvalidInputError("the training split is empty: the cohort has no images to train the U-Net on.")
+        raise InvalidInputError("the training split is empty: the cohort has no images to train the base model on.")
     return torch.stack(images), torch.stack(masks)
 
 
-def train_unet(backbone: UNetBackbone, images: torch.Tensor, masks: torch.Tensor, config: BaseTrainingConfig,
-               on_epoch: Callable[[int, float, float], None] | None = None,
-               should_stop: Callable[[], bool] | None = None) -> list[dict]:
-    """Train all U-Net weights with ``0.5 * (BCE + Dice)``; returns per-epoch loss and Dice."""
+def train_base_model(backbone: Backbone, images: torch.Tensor, masks: torch.Tensor, config: BaseTrainingConfig,
+                     on_epoch: Callable[[int, float, float], None] | None = None,
+                     should_stop: Callable[[], bool] | None = None,
+                     groups: np.ndarray | None = None) -> list[dict]:
+    """Train all weights of ``backbone``; returns per-epoch loss and Dice. The model is frozen afterwards.
+
+    Args:
+        backbone: a U-Net or TransUNet backbone (anything with ``forward`` and ``normalize``).
+        images, masks: arrays from ``load_training_arrays``.
+        config: settings; ``config.loss`` picks the plain loss or FEBS.
+        on_epoch: called with (epoch, mean loss, mean training Dice) after every epoch.
+        should_stop: polled before every batch; True raises ``TrainingInterrupted``.
+        groups: N group indices (-1 where unknown), required by FEBS.
+    """
+    if config.loss not in BASE_LOSSES:
+        raise InvalidInputError(f"unknown base-model loss '{config.loss}'; choose one of {', '.join(BASE_LOSSES)}.")
+    if config.loss == "febs" and (groups is None or len(groups) != len(images)):
+        raise InvalidInputError("the FEBS loss needs one group index per training image (-1 where unknown).")
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     for parameter in backbone.parameters():
         parameter.requires_grad_(True)
-    optimizer = torch.optim.Adam(backbone.net.parameters(), lr=config.learning_rate)
+    optimizer = torch.optim.Adam(backbone.parameters(), lr=config.learning_rate)
     history = []
     backbone.train()
     for epoch in range(1, config.epochs + 1):
@@ -71,7 +102,11 @@ def train_unet(backbone: UNetBackbone, images: torch.Tensor, masks: torch.Tensor
             batch = order[start:start + config.batch_size]
             x, y = _augment(images[batch], masks[batch], rng)
             logits = backbone(backbone.normalize(x.float()).to(backbone.device))
-            loss = segmentation_loss(logits, y.float().to(backbone.device))
+            if config.loss == "febs":
+                loss = febs_segmentation_loss(logits, y.float().to(backbone.device),
+                                              torch.as_tensor(groups[batch]), config.febs_gamma)
+            else:
+                loss = segmentation_loss(logits, y.float().to(backbone.device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -80,11 +115,41 @@ def train_unet(backbone: UNetBackbone, images: torch.Tensor, masks: torch.Tensor
         record = {"epoch": epoch, "loss": float(np.mean(losses)), "dsc": float(np.mean(dice)),
                   "seconds": time.perf_counter() - started}
         history.append(record)
-        logger.info("U-Net epoch %d/%d loss %.4f dice %.4f", epoch, config.epochs, record["loss"], record["dsc"])
+        logger.info("%s epoch %d/%d loss %.4f dice %.4f", backbone.name, epoch, config.epochs, record["loss"], record["dsc"])
         if on_epoch is not None:
             on_epoch(epoch, record["loss"], record["dsc"])
     backbone.freeze()
     return history
+
+
+# The name before TransUNet and FEBS were added; kept for existing callers.
+train_unet = train_base_model
+
+
+def make_base_model(architecture: str, input_size: int = 256) -> Backbone:
+    """Return a randomly initialised "unet" or "transunet" backbone (seed torch first for reproducibility)."""
+    from ApplePerturbLib.backbones import TRAINABLE_ARCHITECTURES
+    from ApplePerturbLib.backbones.transunet import TransUNetBackbone
+    from ApplePerturbLib.backbones.unet import UNetBackbone
+
+    if architecture == "unet":
+        return UNetBackbone(input_size=input_size)
+    if architecture == "transunet":
+        return TransUNetBackbone(input_size=input_size)
+    raise InvalidInputError(
+        f"unknown base-model architecture '{architecture}'; choose one of {', '.join(TRAINABLE_ARCHITECTURES)}."
+    )
+
+
+def save_base_model(backbone: Backbone, path, extra: dict | None = None) -> None:
+    """Write a trained U-Net or TransUNet with ``save_unet`` or ``save_transunet``, atomically."""
+    from ApplePerturbLib.backbones.transunet import save_transunet
+    from ApplePerturbLib.backbones.unet import save_unet
+
+    savers = {"unet": save_unet, "transunet": save_transunet}
+    if backbone.name not in savers:
+        raise InvalidInputError(f"backbone '{backbone.name}' cannot be saved as a base model; use a U-Net or TransUNet.")
+    savers[backbone.name](backbone, path, {"architecture": backbone.name, **(extra or {})})
 
 
 def _augment(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:

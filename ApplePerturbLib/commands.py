@@ -1,4 +1,4 @@
-"""What each ``apple-perturb`` subcommand does with its parsed arguments."""
+"""Handlers of the ``apple-perturb`` subcommands, one function per subcommand."""
 
 from __future__ import annotations
 
@@ -83,13 +83,18 @@ def import_ddti(args, reporter, should_stop) -> None:
 
 def train_base(args, reporter, should_stop) -> None:
     from ApplePerturbLib.base_training import BaseTrainingConfig
+    from ApplePerturbLib.errors import InvalidInputError
     from ApplePerturbLib.workflows import train_base_on_cohort
 
-    config = BaseTrainingConfig(args.epochs, args.batch_size, args.lr, args.seed)
+    if args.loss == "febs" and args.attribute is None:
+        raise InvalidInputError("--loss febs needs --attribute sex or --attribute age: the groups whose loss it scales.")
+    config = BaseTrainingConfig(args.epochs, args.batch_size, args.lr, args.seed, loss=args.loss,
+                                febs_attribute=args.attribute if args.loss == "febs" else None,
+                                febs_gamma=args.febs_gamma)
     metadata = train_base_on_cohort(args.cohort, args.out, config, _split(args), reporter, args.max_images,
-                                    args.device, should_stop)
+                                    args.device, should_stop, args.architecture)
     if args.progress != "jsonl":
-        print(f"wrote U-Net {args.out} ({metadata['train_images']} images, final training Dice "
+        print(f"wrote {args.architecture} {args.out} ({metadata['train_images']} images, final training Dice "
               f"{metadata['final_dsc']:.3f}, {metadata['training_seconds']:.0f} s)")
 
 

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class CohortSplit:
-    """How a cohort is divided into train and test cases; stored in every checkpoint."""
+    """Settings of the case-level train/test split, stored in every checkpoint."""
 
     split_by: str = "sex"
     test_fraction: float = 0.3
@@ -146,6 +146,7 @@ def evaluate_on_cohort(manifest: Path, backbone_name: str, checkpoint: Path | No
         "attribute": attribute, "split": split_name, "split_settings": asdict(split), "backbone": backbone.name,
         "perturber": str(perturber_path) if perturber_path else None,
         "perturber_metadata": perturber_metadata, "cohort_manifest": Path(manifest).name,
+        "cohort_manifest_path": str(Path(manifest).resolve()),
         "seconds": round(time.perf_counter() - started, 1),
     })
     write_evaluation(out, results, metrics, latents)
@@ -155,25 +156,38 @@ def evaluate_on_cohort(manifest: Path, backbone_name: str, checkpoint: Path | No
 
 def train_base_on_cohort(manifest: Path, out: Path, config, split: CohortSplit, reporter: Reporter,
                          max_images: int | None = None, device: str = "auto",
-                         should_stop: Callable[[], bool] | None = None) -> dict:
-    """Train a U-Net backbone on the cohort's train split and write it to ``out``."""
-    from ApplePerturbLib.backbones.unet import UNetBackbone, save_unet
-    from ApplePerturbLib.base_training import load_training_arrays, train_unet
+                         should_stop: Callable[[], bool] | None = None, architecture: str = "unet") -> dict:
+    """Train a U-Net or TransUNet backbone on the cohort's train split and write it to ``out``.
+
+    With ``config.loss == "febs"`` the groups of ``config.febs_attribute``
+    scale the loss (see ``baselines.febs``); the training split must then
+    have images of 2 or more groups.
+    """
+    from ApplePerturbLib.base_training import load_training_arrays, make_base_model, save_base_model, train_base_model
 
     started = time.perf_counter()
     records = limit_images(split.select(read_manifest(manifest), "train"), max_images, config.seed)
+    groups = None
+    if config.loss == "febs":
+        if config.febs_attribute is None:
+            raise InvalidInputError("the FEBS loss needs an attribute (--attribute sex or age).")
+        require_groups(records, config.febs_attribute, split.age_threshold, where="training split")
+        groups = group_indices(records, config.febs_attribute, split.age_threshold)
     torch.manual_seed(config.seed)
-    backbone = UNetBackbone().to(select_device(device))
-    reporter.event("start", command="train-base", backbone="unet", images=len(records), epochs=config.epochs)
+    backbone = make_base_model(architecture).to(select_device(device))
+    reporter.event("start", command="train-base", backbone=architecture, loss=config.loss, images=len(records),
+                   epochs=config.epochs)
     images, masks = load_training_arrays(backbone, records)
 
     def on_epoch(epoch, loss, dsc):
         reporter.event("epoch", epoch=epoch, epochs=config.epochs, loss=loss, dsc=dsc)
 
-    history = train_unet(backbone, images, masks, config, on_epoch, should_stop)
+    history = train_base_model(backbone, images, masks, config, on_epoch, should_stop, groups)
     metadata = {"training": asdict(config), "split": asdict(split), "train_images": len(records),
                 "final_loss": history[-1]["loss"], "final_dsc": history[-1]["dsc"],
                 "training_seconds": round(time.perf_counter() - started, 1)}
-    save_unet(backbone, out, metadata)
+    if groups is not None:
+        metadata["train_group_counts"] = group_counts(records, config.febs_attribute, split.age_threshold)
+    save_base_model(backbone, out, metadata)
     reporter.event("done", checkpoint=str(out), seconds=metadata["training_seconds"])
     return metadata
