@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a perturber on a cohort's train split")
-    train.add_argument("--cohort", type=Path, required=True, help="cohort manifest CSV")
+    train.add_argument("--cohort", type=Path, required=True, help="cohort manifest CSV, or a DDTI folder (N.xml + N_k.jpg) to import first")
     train.add_argument("--attribute", choices=("sex", "age"), required=True, help="sensitive attribute to hide")
     train.add_argument("--out", type=Path, required=True, help="perturber file to write (.safetensors)")
     train.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_progress_option(train)
 
     evaluate = commands.add_parser("evaluate", help="Dice and fairness metrics with and without a perturber")
-    evaluate.add_argument("--cohort", type=Path, required=True, help="cohort manifest CSV")
+    evaluate.add_argument("--cohort", type=Path, required=True, help="cohort manifest CSV, or a DDTI folder (N.xml + N_k.jpg) to import first")
     evaluate.add_argument("--perturber", type=Path, help="perturber file; without it only the base model is evaluated")
     evaluate.add_argument("--split", choices=("test", "train", "all"), default="test", help="which cases (default test)")
     evaluate.add_argument("--attribute", choices=("sex", "age"), help="groups to compare (default: the perturber's)")
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     ddti.add_argument("out", type=Path, help="output folder for images/, masks/ and manifest.csv")
 
     base = commands.add_parser("train-base", help="train a U-Net or TransUNet backbone on a cohort's train split")
-    base.add_argument("--cohort", type=Path, required=True, help="cohort manifest CSV")
+    base.add_argument("--cohort", type=Path, required=True, help="cohort manifest CSV, or a DDTI folder (N.xml + N_k.jpg) to import first")
     base.add_argument("--out", type=Path, required=True, help="model file to write (.safetensors)")
     base.add_argument("--architecture", choices=TRAINABLE_ARCHITECTURES, default="unet",
                       help="network to train from scratch (default unet)")
@@ -149,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     stop = StopFlag()
     stop.install()
     try:
+        if getattr(args, "cohort", None) is not None and args.command != "import-ddti":
+            from ApplePerturbLib.workflows import resolve_cohort
+
+            args.cohort = resolve_cohort(args.cohort, getattr(args, "cache", None))
         commands.run(args, reporter, stop)
     except TrainingInterrupted as error:
         reporter.close()

@@ -324,7 +324,7 @@ def add_parser(subparsers) -> None:
     from ApplePerturbLib.cli import _add_model_options, _add_progress_option, _add_split_options
 
     parser = subparsers.add_parser("sweep-beta", help="train and evaluate one perturber per beta from cached latents")
-    parser.add_argument("--cohort", type=Path, required=True, help="cohort manifest CSV")
+    parser.add_argument("--cohort", type=Path, required=True, help="cohort manifest CSV, or a DDTI folder (N.xml + N_k.jpg) to import first")
     parser.add_argument("--attribute", choices=("sex", "age"), required=True, help="sensitive attribute to hide")
     parser.add_argument("--out", type=Path, required=True, help="sweep folder (beta_<b>/seed_<s>/, sweep.csv, sweep.png)")
     parser.add_argument("--betas", type=float, nargs="+", default=list(DEFAULT_BETAS),

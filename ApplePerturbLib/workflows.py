@@ -191,3 +191,32 @@ def train_base_on_cohort(manifest: Path, out: Path, config, split: CohortSplit, 
     save_base_model(backbone, out, metadata)
     reporter.event("done", checkpoint=str(out), seconds=metadata["training_seconds"])
     return metadata
+
+
+def resolve_cohort(path: Path, cache_folder: Path | None = None) -> Path:
+    """Return the manifest for ``path``: a manifest CSV, a folder holding manifest.csv, or a DDTI folder.
+
+    A DDTI folder (N.xml + N_k.jpg) is imported once into
+    ``<cache>/cohorts/ddti-<key>``, where the key changes when any case file
+    or image in the folder changes, so ``train`` and ``evaluate`` on the same
+    folder share one import and hence one train/test split.
+    """
+    import hashlib
+
+    from ApplePerturbLib.ddti import import_ddti
+
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    if (path / "manifest.csv").is_file():
+        return path / "manifest.csv"
+    digest = hashlib.sha256(str(path.resolve()).encode())
+    for entry in sorted(path.iterdir()):
+        if entry.suffix.lower() in (".xml", ".jpg"):
+            stat = entry.stat()
+            digest.update(f"|{entry.name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    target = (cache_folder or default_cache_folder()) / "cohorts" / f"ddti-{digest.hexdigest()[:16]}"
+    if not (target / "manifest.csv").is_file():
+        logger.info("Importing DDTI folder %s into %s", path, target)
+        import_ddti(path, target)
+    return target / "manifest.csv"

@@ -11,6 +11,7 @@ WORK=${2:?give a work folder}
 EPOCHS=${APPLE_EPOCHS:-10}
 UNET_EPOCHS=${APPLE_UNET_EPOCHS:-25}
 APPLE=${APPLE_PERTURB:-apple-perturb}
+BACKBONES=${APPLE_BACKBONES:-unet litemedsam}
 export APPLE_PERTURB_CACHE=${APPLE_PERTURB_CACHE:-$WORK/cache}
 mkdir -p "$WORK"
 TIMES="$WORK/step_seconds.tsv"
@@ -26,9 +27,9 @@ step() {  # step NAME OUTPUT COMMAND...: run COMMAND unless OUTPUT exists, log i
 
 M=$WORK/ddti/manifest.csv
 step import-ddti "$M" $APPLE import-ddti "$DDTI" "$WORK/ddti"
-step unet-train-base "$WORK/unet.safetensors" \
+[[ " $BACKBONES " == *" unet "* ]] && step unet-train-base "$WORK/unet.safetensors" \
     $APPLE train-base --cohort "$M" --out "$WORK/unet.safetensors" --epochs "$UNET_EPOCHS" --progress none
-for backbone in unet litemedsam; do
+for backbone in $BACKBONES; do
     checkpoint=()
     [[ $backbone == unet ]] && checkpoint=(--checkpoint "$WORK/unet.safetensors")
     for attribute in sex age; do

@@ -243,7 +243,7 @@ def _ind_metrics(results, index, split, split_name, skipped, models) -> dict:
 def add_parser(subparsers) -> None:
     """Add ``train-ind`` and ``evaluate-ind`` to the ``apple-perturb`` subcommands."""
     train = subparsers.add_parser("train-ind", help="InD baseline: fine-tune one copy of a base model per group")
-    train.add_argument("--cohort", type=Path, required=True, help="cohort manifest CSV")
+    train.add_argument("--cohort", type=Path, required=True, help="cohort manifest CSV, or a DDTI folder (N.xml + N_k.jpg) to import first")
     train.add_argument("--base", type=Path, required=True, help="U-Net or TransUNet file written by train-base")
     train.add_argument("--attribute", choices=("sex", "age"), required=True, help="attribute whose groups get a model each")
     train.add_argument("--out", type=Path, required=True, help="folder for the group models and ind.json")
@@ -256,7 +256,7 @@ def add_parser(subparsers) -> None:
     train.set_defaults(handler=run_train_ind)
 
     evaluate = subparsers.add_parser("evaluate-ind", help="InD baseline: Dice and fairness metrics, base vs group models")
-    evaluate.add_argument("--cohort", type=Path, required=True, help="cohort manifest CSV")
+    evaluate.add_argument("--cohort", type=Path, required=True, help="cohort manifest CSV, or a DDTI folder (N.xml + N_k.jpg) to import first")
     evaluate.add_argument("--ind", type=Path, required=True, help="folder written by train-ind")
     evaluate.add_argument("--split", choices=("test", "train", "all"), default="test", help="which cases (default test)")
     evaluate.add_argument("--out", type=Path, required=True, help="folder for per_image.csv and metrics.json")

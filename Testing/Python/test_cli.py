@@ -164,3 +164,31 @@ def _evaluate_lite(manifest, perturber, out):
     assert main(["evaluate", "--cohort", str(manifest), "--perturber", str(perturber), "--out", str(out),
                  "--progress", "none"]) == 0
     return json.loads((out / "metrics.json").read_text())
+
+
+def test_ddti_folder_as_cohort(ddti_dir, trained, tmp_path, monkeypatch):
+    import shutil
+
+    from ApplePerturbLib.workflows import resolve_cohort
+
+    source = tmp_path / "ddti"
+    source.mkdir()
+    for case in ("100", "101", "106"):
+        for path in ddti_dir.glob(f"{case}.xml"):
+            shutil.copy(path, source)
+        for path in ddti_dir.glob(f"{case}_*.jpg"):
+            shutil.copy(path, source)
+    monkeypatch.setenv("APPLE_PERTURB_CACHE", str(tmp_path / "cache"))
+    manifest = resolve_cohort(source)
+    assert manifest.parent.parent == tmp_path / "cache" / "cohorts"
+    assert len(read_manifest(manifest)) == len(list(source.glob("*.jpg")))
+    stamp = manifest.stat().st_mtime_ns
+    assert resolve_cohort(source) == manifest
+    assert manifest.stat().st_mtime_ns == stamp
+
+    unet, _ = trained
+    assert main(["evaluate", "--cohort", str(source), "--backbone", "unet", "--checkpoint", str(unet),
+                 "--attribute", "age", "--split", "all", "--out", str(tmp_path / "eval"), "--progress", "none"]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["cohort_manifest_path"] == str(manifest.resolve())
+    assert metrics["base"]["n_images"] == len(list(source.glob("*.jpg")))
