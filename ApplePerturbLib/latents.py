@@ -138,6 +138,26 @@ class LatentCache:
         return LatentSample(tensors["latent"], [tensors[k] for k in context_keys], tensors["boxes"], tensors["target"], record)
 
 
+def encode_cohort(backbone: Backbone, records: list[CohortRecord], cache_folder: Path | None, reporter,
+                  should_stop: Callable[[], bool] | None = None) -> list[LatentSample]:
+    """Return the samples of every record with a non-empty mask, reporting progress per image.
+
+    ``cache_folder`` is the cache root; latents go to its ``latents`` subfolder.
+    """
+    from ApplePerturbLib.errors import InvalidInputError
+
+    cache = LatentCache(backbone, cache_folder / "latents" if cache_folder else None)
+    samples = []
+    for index, (_, sample) in enumerate(cache.iterate(records, should_stop), start=1):
+        if sample is not None:
+            samples.append(sample)
+        reporter.steps("encoding images", index, len(records))
+    if not samples:
+        raise InvalidInputError("no training image of the cohort has a non-empty mask; check its mask files.")
+    logger.info("Latents: %d from cache, %d computed", cache.hits, cache.misses)
+    return samples
+
+
 def collate_latents(samples: list[LatentSample], device: torch.device | str) -> tuple[torch.Tensor, list[list[torch.Tensor]], list[torch.Tensor], torch.Tensor]:
     """Stack samples into float32 tensors on ``device``: (BxCxhxw latents, contexts, boxes, Bx1xLxL targets)."""
     latents = torch.stack([s.latent for s in samples]).to(device, torch.float32)

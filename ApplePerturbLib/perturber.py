@@ -11,19 +11,17 @@ write leaves no partial checkpoint.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ApplePerturbLib import __version__
 from ApplePerturbLib.apple.networks import AttributeDiscriminator, PerturbationGenerator
 from ApplePerturbLib.backbones.base import Backbone
-from ApplePerturbLib.backbones.unet import read_safetensors_metadata
+from ApplePerturbLib.checkpoint_files import read_safetensors_metadata, write_tagged_safetensors
 from ApplePerturbLib.errors import CheckpointError, PerturberMismatchError
-from ApplePerturbLib.imageio import atomic_output
 
 PERTURBER_FORMAT = "apple-perturb-perturber"
 PERTURBER_FORMAT_VERSION = 1
@@ -61,9 +59,7 @@ def save_perturber(path: str | Path, generator: PerturbationGenerator, discrimin
     }
     tensors = {f"generator.{k}": v for k, v in generator.state_dict().items()}
     tensors.update({f"discriminator.{k}": v for k, v in discriminator.state_dict().items()})
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    with atomic_output(path) as temporary:
-        save_file(tensors, str(temporary), metadata={"apple_perturb": json.dumps(full)})
+    write_tagged_safetensors(path, tensors, full)
 
 
 def read_perturber_metadata(path: str | Path) -> dict:

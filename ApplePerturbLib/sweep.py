@@ -40,7 +40,7 @@ from ApplePerturbLib.boxes import boxes_from_mask
 from ApplePerturbLib.cohort import CohortRecord, group_counts, group_names, group_of, read_manifest, require_groups
 from ApplePerturbLib.errors import InvalidInputError, TrainingInterrupted
 from ApplePerturbLib.imageio import atomic_output, read_image, read_mask
-from ApplePerturbLib.latents import LatentCache, group_indices
+from ApplePerturbLib.latents import encode_cohort, group_indices
 from ApplePerturbLib.metrics import dice_score, fairness_metrics
 from ApplePerturbLib.progress import Reporter
 
@@ -150,16 +150,7 @@ def _train_pending(backbone, records, attribute, out, pending, config, split, re
 
 
 def _encode(backbone, records, cache_folder, reporter, should_stop) -> list:
-    cache = LatentCache(backbone, cache_folder / "latents" if cache_folder else None)
-    samples = []
-    for index, (_, sample) in enumerate(cache.iterate(records, should_stop), start=1):
-        if sample is not None:
-            samples.append(sample)
-        reporter.steps("encoding images", index, len(records))
-    if not samples:
-        raise InvalidInputError("no training image of the cohort has a non-empty mask.")
-    logger.info("Latents: %d from cache, %d computed", cache.hits, cache.misses)
-    return samples
+    return encode_cohort(backbone, records, cache_folder, reporter, should_stop)
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from ApplePerturbLib.backbones import build_backbone
 from ApplePerturbLib.cohort import CohortRecord, group_counts, group_names, read_manifest, require_groups, split_by_case
 from ApplePerturbLib.errors import InvalidInputError
 from ApplePerturbLib.evaluate import evaluate_records, write_evaluation
-from ApplePerturbLib.latents import LatentCache, group_indices
+from ApplePerturbLib.latents import encode_cohort, group_indices
 from ApplePerturbLib.perturber import load_perturber, read_perturber_metadata, save_perturber
 from ApplePerturbLib.progress import Reporter
 
@@ -89,15 +89,7 @@ def train_perturber_on_cohort(manifest: Path, backbone_name: str, checkpoint: Pa
     reporter.event("start", command="train", backbone=backbone.name, attribute=attribute, groups=names,
                    images=len(records), epochs=config.epochs)
 
-    cache = LatentCache(backbone, cache_folder / "latents" if cache_folder else None)
-    samples = []
-    for index, (_, sample) in enumerate(cache.iterate(records, should_stop), start=1):
-        if sample is not None:
-            samples.append(sample)
-        reporter.steps("encoding images", index, len(records))
-    if not samples:
-        raise InvalidInputError(f"no training image in {manifest} has a non-empty mask.")
-    logger.info("Latents: %d from cache, %d computed", cache.hits, cache.misses)
+    samples = encode_cohort(backbone, records, cache_folder, reporter, should_stop)
     groups = group_indices([s.record for s in samples], attribute, split.age_threshold)
 
     def report_epoch(stats):

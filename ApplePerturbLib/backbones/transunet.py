@@ -20,20 +20,19 @@ prompt.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from ApplePerturbLib.backbones.base import Backbone, Encoded, file_sha256
-from ApplePerturbLib.backbones.unet import IMAGENET_MEAN, IMAGENET_STD, read_safetensors_metadata
+from ApplePerturbLib.backbones.unet import IMAGENET_MEAN, IMAGENET_STD
+from ApplePerturbLib.checkpoint_files import read_safetensors_metadata, write_tagged_safetensors
 from ApplePerturbLib.errors import CheckpointError, InvalidInputError
-from ApplePerturbLib.imageio import atomic_output
 
 TRANSUNET_FORMAT = "apple-perturb-transunet"
 TRANSUNET_FORMAT_VERSION = 1
@@ -240,9 +239,7 @@ def save_transunet(backbone: TransUNetBackbone, path: str | Path, extra: dict | 
         "network": backbone.network,
         **(extra or {}),
     }
-    tensors = {key: value.detach().cpu().contiguous() for key, value in backbone.net.state_dict().items()}
-    with atomic_output(path) as temporary:
-        save_file(tensors, str(temporary), metadata={"apple_perturb": json.dumps(metadata)})
+    write_tagged_safetensors(path, backbone.net.state_dict(), metadata)
 
 
 def load_transunet(path: str | Path) -> TransUNetBackbone:

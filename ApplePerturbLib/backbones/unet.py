@@ -9,18 +9,16 @@ and std. No box prompt.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from monai.networks.nets import BasicUNet
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ApplePerturbLib.backbones.base import Backbone, Encoded, file_sha256
 from ApplePerturbLib.errors import CheckpointError
-from ApplePerturbLib.imageio import atomic_output
+from ApplePerturbLib.checkpoint_files import read_safetensors_metadata, write_tagged_safetensors
 
 UNET_FORMAT = "apple-perturb-unet"
 UNET_FORMAT_VERSION = 1
@@ -88,9 +86,7 @@ def save_unet(backbone: UNetBackbone, path: str | Path, extra: dict | None = Non
         "input_size": backbone.input_size,
         **(extra or {}),
     }
-    tensors = {key: value.detach().cpu().contiguous() for key, value in backbone.net.state_dict().items()}
-    with atomic_output(path) as temporary:
-        save_file(tensors, str(temporary), metadata={"apple_perturb": json.dumps(metadata)})
+    write_tagged_safetensors(path, backbone.net.state_dict(), metadata)
 
 
 def load_unet(path: str | Path) -> UNetBackbone:
@@ -105,22 +101,3 @@ def load_unet(path: str | Path) -> UNetBackbone:
     backbone.weights_sha256 = file_sha256(path)
     backbone.training_metadata = metadata
     return backbone.freeze()
-
-
-def read_safetensors_metadata(path: Path, expected_format: str, hint: str) -> dict:
-    """Read the JSON metadata of an ApplePerturb safetensors file and check its format tag."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            raw = (handle.metadata() or {}).get("apple_perturb")
-    except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"{path} is not a safetensors file ({error}); {hint}.") from error
-    if raw is None:
-        raise CheckpointError(f"{path} has no ApplePerturb metadata, so it was not written by this tool; {hint}.")
-    metadata = json.loads(raw)
-    if metadata.get("format") != expected_format:
-        raise CheckpointError(
-            f"{path} is a '{metadata.get('format')}' file, not a '{expected_format}' file; {hint}."
-        )
-    return metadata

@@ -27,14 +27,7 @@ from ApplePerturbLib.workflows import CohortSplit
 TANH_1 = math.tanh(1.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Run torch on one thread: these tiny models gain nothing from more, and on a busy 2-core
-    machine a 2-thread sweep took 18 s against 0.8 s with one thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # FEBS scaling factors -----------------------------------------------------------------------------

@@ -89,7 +89,7 @@ def test_disk_full_leaves_old_checkpoint_intact(tmp_path, monkeypatch):
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("ApplePerturbLib.perturber.save_file", full_disk)
+    monkeypatch.setattr("ApplePerturbLib.checkpoint_files.save_file", full_disk)
     with pytest.raises(OSError, match="No space left"):
         _save(path, backbone, beta=2.0)
     assert path.read_bytes() == before

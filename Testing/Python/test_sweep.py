@@ -23,14 +23,7 @@ CONFIG = TrainingConfig(epochs=1, batch_size=4)
 SPLIT = CohortSplit()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Run torch on one thread: these tiny models gain nothing from more, and on a busy 2-core
-    machine a 2-thread sweep took 18 s against 0.8 s with one thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -25,14 +25,7 @@ TINY = dict(features=(8, 8, 16, 16), hidden_size=16, num_layers=1, num_heads=2, 
             decoder_channels=(16, 8, 8, 4))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Run torch on one thread: these tiny models gain nothing from more, and on a busy 2-core
-    machine a 2-thread sweep took 18 s against 0.8 s with one thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tiny(seed=0) -> TransUNetBackbone:
