@@ -31,11 +31,13 @@ class StopFlag:
     def __call__(self) -> bool:
         return self.requested
 
-    def install(self) -> None:
+    def install(self):
+        """Handle SIGTERM by setting the flag; returns the previous handler for ``restore``."""
+
         def handler(signum, frame):
             self.requested = True
 
-        signal.signal(signal.SIGTERM, handler)
+        return signal.signal(signal.SIGTERM, handler)
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
     reporter = make_reporter(getattr(args, "progress", "auto"))
     stop = StopFlag()
-    stop.install()
+    previous_handler = stop.install()
     try:
         if getattr(args, "cohort", None) is not None and args.command != "import-ddti":
             from ApplePerturbLib.workflows import resolve_cohort
@@ -166,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         reporter.close()
+        # main() also runs inside other programs (tests, notebooks): give SIGTERM back.
+        signal.signal(signal.SIGTERM, previous_handler)
     return 0
 
 

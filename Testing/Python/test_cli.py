@@ -192,3 +192,12 @@ def test_ddti_folder_as_cohort(ddti_dir, trained, tmp_path, monkeypatch):
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["cohort_manifest_path"] == str(manifest.resolve())
     assert metrics["base"]["n_images"] == len(list(source.glob("*.jpg")))
+
+
+def test_main_restores_sigterm_handler(tmp_path):
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    main(["train", "--cohort", str(tmp_path / "absent.csv"), "--attribute", "sex",
+          "--out", str(tmp_path / "p.safetensors"), "--progress", "none"])
+    assert signal.getsignal(signal.SIGTERM) is before
