@@ -189,8 +189,8 @@ def resolve_cohort(path: Path, cache_folder: Path | None = None) -> Path:
     """Return the manifest for ``path``: a manifest CSV, a folder holding manifest.csv, or a DDTI folder.
 
     A DDTI folder (N.xml + N_k.jpg) is imported once into
-    ``<cache>/cohorts/ddti-<key>``, where the key changes when any case file
-    or image in the folder changes, so ``train`` and ``evaluate`` on the same
+    ``<cache>/cohorts/ddti-<key>``. The key changes when any case file or
+    image in the folder changes, so ``train`` and ``evaluate`` on the same
     folder share one import and hence one train/test split.
     """
     import hashlib
