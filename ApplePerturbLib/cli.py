@@ -88,9 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="Dice and fairness metrics with and without a perturber")
     evaluate.add_argument("--cohort", type=Path, required=True, help="cohort manifest CSV, or a DDTI folder (N.xml + N_k.jpg) to import first")
     evaluate.add_argument("--perturber", type=Path, help="perturber file; without it only the base model is evaluated")
-    evaluate.add_argument("--split", choices=("test", "train", "all"), default="test", help="which cases (default test)")
+    evaluate.add_argument("--split", choices=("test", "train", "all"), default="test",
+                          help="which cases (default test); with --perturber, the split stored in it is used")
     evaluate.add_argument("--attribute", choices=("sex", "age"), help="groups to compare (default: the perturber's)")
-    evaluate.add_argument("--out", type=Path, required=True, help="folder for per_image.csv and metrics.json")
+    evaluate.add_argument("--out", type=Path, required=True,
+                          help="folder for per_image.csv, metrics.json and latents.npz (pooled f_o, f_p)")
     evaluate.add_argument("--save-masks", action="store_true", help="also write every predicted mask under OUT/masks")
     _add_model_options(evaluate)
     _add_split_options(evaluate)
@@ -165,6 +167,13 @@ def main(argv: list[str] | None = None) -> int:
         reporter.close()
         reporter.event("error", message=str(error))
         print(f"apple-perturb: error: {error}", file=sys.stderr)
+        return 1
+    except Exception as error:  # an unexpected failure still ends with one error event
+        reporter.close()
+        reporter.event("error", message=f"{error.__class__.__name__}: {error}")
+        logger.debug("unexpected error", exc_info=True)
+        print(f"apple-perturb: unexpected error: {error.__class__.__name__}: {error} "
+              "(run with --verbose before the command for the traceback)", file=sys.stderr)
         return 1
     finally:
         reporter.close()

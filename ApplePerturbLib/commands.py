@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from ApplePerturbLib.errors import InvalidInputError
 from ApplePerturbLib.progress import Reporter
 
 
@@ -47,6 +48,8 @@ def evaluate(args, reporter, should_stop) -> None:
     from ApplePerturbLib.metrics import format_comparison_table
     from ApplePerturbLib.workflows import evaluate_on_cohort
 
+    if args.out.exists() and not args.out.is_dir():
+        raise InvalidInputError(f"--out {args.out} is a file; give a folder for the evaluation results.")
     explicit_split = None if args.perturber else _split(args)
     metrics = evaluate_on_cohort(args.cohort, args.backbone, args.checkpoint, args.perturber, args.split, args.out,
                                  reporter, args.attribute, explicit_split, args.device, args.save_masks)

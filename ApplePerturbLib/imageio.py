@@ -172,6 +172,15 @@ def write_mask(
         sitk.WriteImage(image, str(temp_path), useCompression=True)
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path`` and move it onto ``path`` on success.
@@ -188,6 +197,8 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     temp_path = _create_temp_file(path)
     try:
         yield temp_path
+        # Some writers (safetensors) recreate the file as 0600: give it the usual umask-based mode.
+        os.chmod(temp_path, 0o666 & ~_UMASK)
         os.replace(temp_path, path)
     except BaseException:
         temp_path.unlink(missing_ok=True)

@@ -45,7 +45,13 @@ class CohortSplit:
         train, test = split_by_case(records, self.split_by, self.test_fraction, self.split_seed, self.age_threshold)
         if split not in ("train", "test"):
             raise InvalidInputError(f"split '{split}' is not one of train, test, all.")
-        return train if split == "train" else test
+        selected = train if split == "train" else test
+        if not selected:
+            cases = len({record.case_id for record in records})
+            raise InvalidInputError(
+                f"the {split} split is empty ({cases} cases, test fraction {self.test_fraction}); "
+                "add cases, change --test-fraction, or use --split all.")
+        return selected
 
 
 def default_cache_folder() -> Path:
@@ -56,9 +62,24 @@ def default_cache_folder() -> Path:
 
 
 def select_device(name: str = "auto") -> torch.device:
-    """Return the torch device for "auto" (CUDA, then Apple MPS, else CPU) or an explicit name."""
+    """Return the torch device for "auto" (CUDA, then Apple MPS, else CPU) or an explicit name.
+
+    Raises:
+        InvalidInputError: the name is not a torch device, or names a CUDA or
+            MPS device this machine does not have.
+    """
     if name != "auto":
-        return torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError as error:
+            raise InvalidInputError(f"device '{name}' is not one of auto, cpu, cuda, cuda:N, mps.") from error
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InvalidInputError(f"device '{name}' requested but no CUDA GPU is visible; use --device cpu or auto.")
+        if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise InvalidInputError(f"device '{name}' requested but Apple MPS is not available; use --device cpu or auto.")
+        if device.type not in ("cpu", "cuda", "mps"):
+            raise InvalidInputError(f"device '{name}' is not supported; use auto, cpu, cuda, cuda:N or mps.")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -82,8 +103,10 @@ def train_perturber_on_cohort(manifest: Path, backbone_name: str, checkpoint: Pa
                               device: str = "auto", should_stop: Callable[[], bool] | None = None) -> dict:
     """Train a perturber on the cohort's train split and write it to ``out``; returns its metadata."""
     started = time.perf_counter()
+    config.validate()
     records = limit_images(split.select(read_manifest(manifest), "train"), max_images, config.seed)
-    require_groups(records, attribute, split.age_threshold, where="training split")
+    where = "training split" if max_images is None else f"training split after --max-images {max_images}"
+    require_groups(records, attribute, split.age_threshold, where=where)
     backbone = build_backbone(backbone_name, checkpoint, select_device(device))
     names = group_names(attribute, split.age_threshold)
     reporter.event("start", command="train", backbone=backbone.name, attribute=attribute, groups=names,
@@ -158,6 +181,9 @@ def train_base_on_cohort(manifest: Path, out: Path, config, split: CohortSplit, 
     from ApplePerturbLib.base_training import load_training_arrays, make_base_model, save_base_model, train_base_model
 
     started = time.perf_counter()
+    if config.epochs < 1 or config.batch_size < 1 or config.learning_rate <= 0:
+        raise InvalidInputError(f"--epochs {config.epochs} and --batch-size {config.batch_size} must be 1 or more "
+                                f"and --lr {config.learning_rate} above 0.")
     records = limit_images(split.select(read_manifest(manifest), "train"), max_images, config.seed)
     groups = None
     if config.loss == "febs":

@@ -41,7 +41,7 @@ def trainingOptionsFromParameters(node):
         cohort=cohort, attribute=node.attribute.name, out=out, backbone=node.backbone.name,
         checkpoint=checkpoint,
         epochs=node.epochs, alpha=node.alpha, beta=node.beta, age_threshold=node.ageThreshold,
-        split_by=node.attribute.name, device=node.device.name,
+        device=node.device.name,
     )
 
 

@@ -21,7 +21,7 @@ import torch
 from ApplePerturbLib.apple.losses import discriminator_loss, fairness_loss, generator_loss, segmentation_loss
 from ApplePerturbLib.apple.networks import AttributeDiscriminator, PerturbationGenerator
 from ApplePerturbLib.backbones.base import Backbone
-from ApplePerturbLib.errors import TrainingInterrupted
+from ApplePerturbLib.errors import InvalidInputError, TrainingInterrupted
 from ApplePerturbLib.latents import LatentSample, collate_latents, hard_dice
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,20 @@ class TrainingConfig:
     lr_discriminator: float = 1e-4
     grad_clip: float = 1.0
     seed: int = 0
+
+    def validate(self) -> None:
+        """Raise ``InvalidInputError`` naming the command-line option of an out-of-range value."""
+        checks = [
+            (self.epochs >= 1, f"--epochs {self.epochs} must be 1 or more"),
+            (self.alpha >= 0, f"--alpha {self.alpha} must be 0 or more"),
+            (self.beta > 0, f"--beta {self.beta} must be above 0 (it weights the segmentation loss)"),
+            (self.batch_size >= 1, f"--batch-size {self.batch_size} must be 1 or more"),
+            (self.lr_generator > 0 and self.lr_discriminator > 0,
+             f"--lr {self.lr_generator} must be above 0"),
+        ]
+        for valid, message in checks:
+            if not valid:
+                raise InvalidInputError(message + ".")
 
 
 @dataclass

@@ -190,10 +190,10 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for a bad file
-        reason = (str(error).splitlines() or ["empty or unreadable file"])[0]
+        # torch's own message suggests weights_only=False, which would run pickled code: not repeated here.
         raise CheckpointError(
-            f"cannot read weights file {path}: {error.__class__.__name__}: {reason}. "
-            "Give a PyTorch state-dict file (.pth) holding tensors only."
+            f"{path} is not a PyTorch state-dict file of tensors ({error.__class__.__name__}); give the "
+            "original weights file, e.g. sam_vit_b_01ec64.pth from Meta or medsam_vit_b.pth from the MedSAM authors."
         ) from error
     for key in ("model", "state_dict"):
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):

@@ -201,3 +201,45 @@ def test_main_restores_sigterm_handler(tmp_path):
     main(["train", "--cohort", str(tmp_path / "absent.csv"), "--attribute", "sex",
           "--out", str(tmp_path / "p.safetensors"), "--progress", "none"])
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("options, expected", [
+    (["--epochs", "0"], "--epochs 0"),
+    (["--beta", "-1"], "--beta -1"),
+    (["--batch-size", "0"], "--batch-size 0"),
+    (["--lr", "-1"], "--lr -1"),
+    (["--device", "foo"], "device 'foo'"),
+])
+def test_train_rejects_bad_option(synthetic_manifest, tmp_path, capsys, options, expected):
+    out = tmp_path / "p.safetensors"
+    code = main(["train", "--cohort", str(synthetic_manifest), "--attribute", "sex", "--out", str(out),
+                 "--progress", "none", *options])
+    assert code == 1
+    assert expected in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_empty_test_split_is_named(synthetic_manifest, tmp_path, capsys):
+    records = read_manifest(synthetic_manifest)
+    one_case = [r for r in records if r.case_id == records[0].case_id]
+    manifest = tmp_path / "one.csv"
+    write_manifest(manifest, one_case)
+    assert main(["evaluate", "--cohort", str(manifest), "--out", str(tmp_path / "eval"), "--progress", "none"]) == 1
+    assert "test split is empty" in capsys.readouterr().err
+
+
+def test_unexpected_error_gives_error_event(synthetic_manifest, tmp_path, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr("ApplePerturbLib.workflows.read_manifest", broken)
+    code = main(["train", "--cohort", str(synthetic_manifest), "--attribute", "sex",
+                 "--out", str(tmp_path / "p.safetensors"), "--progress", "jsonl"])
+    assert code == 1
+    event = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert event == {"event": "error", "message": "RuntimeError: simulated failure"}
+
+
+def test_perturber_file_is_group_readable(trained):
+    _, perturber = trained
+    assert perturber.stat().st_mode & 0o044
