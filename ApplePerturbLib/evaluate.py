@@ -10,7 +10,6 @@ import csv
 import io
 import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -43,19 +42,41 @@ class ImageResult:
 
 @dataclass
 class SegmentedRecord:
-    """Masks of one image and its channel-wise mean latents (C-vectors) before and after perturbation."""
+    """Masks of one image and its channel-wise mean latents (C-vectors) before and after perturbation.
+
+    ``perturbed_masks`` and ``perturbed_pooled`` have one entry per perturber,
+    in the order given to ``segment_record``.
+    """
 
     truth: np.ndarray
     base: np.ndarray
-    apple: np.ndarray | None
     pooled_latent: np.ndarray
-    pooled_perturbed: np.ndarray | None
+    perturbed_masks: list[np.ndarray]
+    perturbed_pooled: list[np.ndarray]
+
+    @property
+    def apple(self) -> np.ndarray | None:
+        """The first perturber's mask, or None without a perturber."""
+        return self.perturbed_masks[0] if self.perturbed_masks else None
+
+    @property
+    def pooled_perturbed(self) -> np.ndarray | None:
+        """The first perturber's pooled latent, or None without a perturber."""
+        return self.perturbed_pooled[0] if self.perturbed_pooled else None
 
 
 @torch.no_grad()
-def segment_record(backbone: Backbone, perturber: Perturber | None, record: CohortRecord) -> SegmentedRecord | None:
-    """Segment one record with and without the perturber, prompted by the tight box of
-    each ground-truth region; None when the ground truth is empty."""
+def segment_record(backbone: Backbone, perturbers: Perturber | Sequence[Perturber] | None,
+                   record: CohortRecord) -> SegmentedRecord | None:
+    """Segment one record without and with each perturber, prompted by the tight box of
+    each ground-truth region; None when the ground truth is empty.
+
+    The image is encoded once, whatever the number of perturbers.
+    """
+    if perturbers is None:
+        perturbers = []
+    elif isinstance(perturbers, Perturber):
+        perturbers = [perturbers]
     image = read_image(record.image)
     truth = read_mask(record.mask, expected_shape=image.shape[:2])
     boxes = boxes_from_mask(truth)
@@ -65,13 +86,13 @@ def segment_record(backbone: Backbone, perturber: Perturber | None, record: Coho
     encoded = backbone.encode(prepared.pixels)
     box_tensor = backbone.boxes_to_input_frame(boxes, prepared) if backbone.requires_box else None
     base = backbone.logits_to_mask(backbone.decode(encoded.latent, encoded.context, box_tensor), prepared)
-    apple = pooled_perturbed = None
-    if perturber is not None:
+    masks, pooled_perturbed = [], []
+    for perturber in perturbers:
         perturbed = perturber.perturb(encoded.latent)
-        apple = backbone.logits_to_mask(backbone.decode(perturbed, encoded.context, box_tensor), prepared)
-        pooled_perturbed = perturbed.mean(dim=(-2, -1))[0].float().cpu().numpy()
+        masks.append(backbone.logits_to_mask(backbone.decode(perturbed, encoded.context, box_tensor), prepared))
+        pooled_perturbed.append(perturbed.mean(dim=(-2, -1))[0].float().cpu().numpy())
     pooled = encoded.latent.mean(dim=(-2, -1))[0].float().cpu().numpy()
-    return SegmentedRecord(truth, base, apple, pooled, pooled_perturbed)
+    return SegmentedRecord(truth, base, pooled, masks, pooled_perturbed)
 
 
 def evaluate_records(backbone: Backbone, perturber: Perturber | None, records: Sequence[CohortRecord],

@@ -69,7 +69,7 @@ def read_image_spacing(path: str | os.PathLike) -> tuple[float, float] | None:
     measure the anatomy.
 
     NOTE: a NRRD or NIfTI file written without a spacing reads as (1.0, 1.0)
-    and cannot be told apart from a real 1 mm spacing.
+    and cannot be distinguished from a real 1 mm spacing.
     """
     path = Path(path)
     image_io = _image_io_for(path)

@@ -2,9 +2,9 @@
 
 ``E_s`` never changes while APPLE trains, so ``f_o = E_s(x)`` is the same
 at every step. Algorithm 1 of the APPLE paper reads as if the encoder ran on
-every step; here each image is encoded once, stored as float16 (in memory
-and, when a cache folder is given, on disk as safetensors), and reused by
-every epoch, every beta of a sweep and every later run on the same cohort.
+every step. Here each image is encoded once and stored as float16, in memory
+and, when a cache folder is given, on disk as safetensors. Every epoch, every
+beta of a sweep and every later run on the same cohort reuses it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Perturber checkpoints: one safetensors file with JSON metadata.
 
-The file holds the generator's and discriminator's tensors and, in the
+The file contains the generator's and discriminator's tensors and, in the
 safetensors header, the metadata a user needs to trust it: the backbone and
 a SHA-256 of the weights it was trained against, the latent shape, the
 attribute and its groups, the hyperparameters, the training cohort's group

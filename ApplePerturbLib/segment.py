@@ -16,7 +16,7 @@ from ApplePerturbLib.perturber import Perturber
 class Segmenter:
     """Box-prompted segmentation with an optional APPLE perturber.
 
-    ``set_image`` runs the expensive encoder once; ``predict`` runs only the
+    ``set_image`` runs the expensive encoder once. ``predict`` runs only the
     perturbation generator and the decoder, so a box that moves (a Slicer
     ROI being dragged) costs a decode, not an encode.
 

@@ -36,10 +36,9 @@ import torch
 from ApplePerturbLib.apple.trainer import TrainingConfig, train_perturber
 from ApplePerturbLib.backbones import build_backbone
 from ApplePerturbLib.backbones.base import Backbone
-from ApplePerturbLib.boxes import boxes_from_mask
 from ApplePerturbLib.cohort import CohortRecord, group_counts, group_names, group_of, read_manifest, require_groups
 from ApplePerturbLib.errors import InvalidInputError, TrainingInterrupted
-from ApplePerturbLib.imageio import atomic_output, read_image, read_mask
+from ApplePerturbLib.imageio import atomic_output
 from ApplePerturbLib.latents import encode_cohort, group_indices
 from ApplePerturbLib.metrics import dice_score, fairness_metrics
 from ApplePerturbLib.progress import Reporter
@@ -159,16 +158,12 @@ def evaluate_perturbers(backbone: Backbone, perturbers: dict, records: Sequence[
                         should_stop: Callable[[], bool] | None = None) -> dict:
     """Evaluate several perturbers on the same records, encoding each image once.
 
-    Per image this does what ``evaluate.segment_record`` does for one
-    perturber: ground-truth boxes as prompts, one unperturbed decode, then
-    one decode per perturber. Returns {key: (per-image results, metrics
-    {"base", "apple", "skipped_empty_masks"}, pooled latents {"f_o", "f_p"})},
-    the arguments of ``evaluate.write_evaluation``.
-
-    TODO: ``evaluate.evaluate_records`` takes one perturber and encodes every
-    image per call; once it accepts several, this function can go.
+    Each image goes through ``evaluate.segment_record`` once with every
+    perturber. Returns {key: (per-image results, metrics {"base", "apple",
+    "skipped_empty_masks"}, pooled latents {"f_o", "f_p"})}, the arguments
+    of ``evaluate.write_evaluation``.
     """
-    from ApplePerturbLib.evaluate import ImageResult
+    from ApplePerturbLib.evaluate import ImageResult, segment_record
 
     names = group_names(attribute, age_threshold)
     base_dice, groups, pooled, skipped = [], [], [], 0
@@ -176,27 +171,19 @@ def evaluate_perturbers(backbone: Backbone, perturbers: dict, records: Sequence[
     for number, record in enumerate(records, start=1):
         if should_stop is not None and should_stop():
             raise TrainingInterrupted("stopped while evaluating the sweep")
-        image = read_image(record.image)
-        truth = read_mask(record.mask, expected_shape=image.shape[:2])
-        boxes = boxes_from_mask(truth)
-        if not boxes:
+        output = segment_record(backbone, list(perturbers.values()), record)
+        if output is None:
             skipped += 1
             continue
-        prepared = backbone.prepare(image)
-        encoded = backbone.encode(prepared.pixels)
-        box_tensor = backbone.boxes_to_input_frame(boxes, prepared) if backbone.requires_box else None
-        base = backbone.logits_to_mask(backbone.decode(encoded.latent, encoded.context, box_tensor), prepared)
         group = group_of(record, attribute, age_threshold)
-        base_dice.append(dice_score(base, truth))
+        base_dice.append(dice_score(output.base, output.truth))
         groups.append(group)
-        pooled.append(encoded.latent.mean(dim=(-2, -1))[0].float().cpu().numpy())
+        pooled.append(output.pooled_latent)
 
-        for key, perturber in perturbers.items():
-            perturbed = perturber.perturb(encoded.latent)
-            apple = backbone.logits_to_mask(backbone.decode(perturbed, encoded.context, box_tensor), prepared)
+        for key, apple, pooled_perturbed in zip(perturbers, output.perturbed_masks, output.perturbed_pooled):
             runs[key]["results"].append(ImageResult(record.image.name, record.case_id, group, base_dice[-1],
-                                                    dice_score(apple, truth)))
-            runs[key]["f_p"].append(perturbed.mean(dim=(-2, -1))[0].float().cpu().numpy())
+                                                    dice_score(apple, output.truth)))
+            runs[key]["f_p"].append(pooled_perturbed)
         if reporter is not None:
             reporter.steps("segmenting images", number, len(records))
     if not base_dice:

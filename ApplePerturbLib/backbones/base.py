@@ -115,9 +115,9 @@ class Backbone(nn.Module):
     def decode(self, latent: torch.Tensor, context: Sequence[torch.Tensor], boxes: torch.Tensor | None) -> torch.Tensor:
         """Decode ONE image's latent (1xCxhxw) into 1x1xLxL mask logits.
 
-        ``boxes`` is an Nx4 tensor of box prompts in the SxS input frame
-        (x0, y0, x1, y1); several boxes give the union (pixel-wise maximum)
-        of their masks. Backbones without prompts ignore it.
+        ``boxes`` is an Nx4 tensor of box prompts (x0, y0, x1, y1) in the SxS
+        input frame. Several boxes give the union (pixel-wise maximum) of
+        their masks. Backbones without prompts ignore it.
         """
         raise NotImplementedError
 

@@ -1,7 +1,7 @@
 """SAM-family backbones: LiteMedSAM, MedSAM and SAM ViT-B/L/H.
 
 All three share SAM's prompt encoder and mask decoder and give a 256x64x64
-image embedding; they differ in the image encoder and the preprocessing
+image embedding. They differ in the image encoder and in the preprocessing
 their authors published:
 
 - LiteMedSAM (TinyViT encoder): longest side to 256, pad to 256x256,

@@ -68,7 +68,8 @@ def test_perturber_for_other_backbone_is_rejected(synthetic_manifest, trained, t
                  "--perturber", str(perturber), "--out", str(tmp_path / "eval"), "--progress", "none"])
     assert code == 1
     message = capsys.readouterr().err
-    assert "'unet'" in message and "'litemedsam'" in message
+    assert "'unet'" in message
+    assert "'litemedsam'" in message
     assert not (tmp_path / "eval").exists()
 
 
@@ -145,7 +146,8 @@ def test_single_group_training_split(synthetic_manifest, tmp_path, capsys):
     assert main(["train", "--cohort", str(manifest), "--attribute", "sex",
                  "--out", str(tmp_path / "p.safetensors"), "--progress", "none"]) == 1
     message = capsys.readouterr().err
-    assert "sex" in message and "female" in message
+    assert "sex" in message
+    assert "female" in message
     assert not (tmp_path / "p.safetensors").exists()
 
 
