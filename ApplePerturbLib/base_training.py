@@ -40,6 +40,7 @@ class BaseTrainingConfig:
             error-bound scaling, needs per-image groups).
         febs_attribute: attribute whose groups FEBS scales ("sex" or "age"); None without FEBS.
         febs_gamma: FEBS exponent, default 1.
+        input_size: side of the square network input, default 256 (a multiple of 16).
     """
 
     epochs: int = 30
@@ -49,6 +50,16 @@ class BaseTrainingConfig:
     loss: str = "dice_ce"
     febs_attribute: str | None = None
     febs_gamma: float = 1.0
+    input_size: int = 256
+
+    def validate(self) -> None:
+        """Raise ``InvalidInputError`` naming the first setting out of range."""
+        if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
+            raise InvalidInputError(f"--epochs {self.epochs} and --batch-size {self.batch_size} must be 1 or more "
+                                    f"and --lr {self.learning_rate} above 0.")
+        if self.input_size < 32 or self.input_size % 16:
+            raise InvalidInputError(f"--input-size {self.input_size} is not a multiple of 16 of at least 32; "
+                                    "use e.g. 128 (fast) or 256 (default).")
 
 
 def load_training_arrays(backbone: Backbone, records: Sequence[CohortRecord]) -> tuple[torch.Tensor, torch.Tensor]:

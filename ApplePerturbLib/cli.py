@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--attribute", choices=("sex", "age"), help="groups the FEBS loss scales (required with --loss febs)")
     base.add_argument("--febs-gamma", type=float, default=1.0, help="FEBS exponent gamma (default 1)")
     base.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
+    base.add_argument("--input-size", type=int, default=256,
+                      help="side of the square network input in pixels, a multiple of 16 (default 256; 128 trains 4x faster)")
     base.add_argument("--batch-size", type=int, default=8, help="images per step (default 8)")
     base.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     base.add_argument("--seed", type=int, default=0, help="seed (default 0)")

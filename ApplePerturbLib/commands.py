@@ -93,7 +93,7 @@ def train_base(args, reporter, should_stop) -> None:
         raise InvalidInputError("--loss febs needs --attribute sex or --attribute age: the groups whose loss it scales.")
     config = BaseTrainingConfig(args.epochs, args.batch_size, args.lr, args.seed, loss=args.loss,
                                 febs_attribute=args.attribute if args.loss == "febs" else None,
-                                febs_gamma=args.febs_gamma)
+                                febs_gamma=args.febs_gamma, input_size=args.input_size)
     metadata = train_base_on_cohort(args.cohort, args.out, config, _split(args), reporter, args.max_images,
                                     args.device, should_stop, args.architecture)
     if args.progress != "jsonl":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -181,9 +181,7 @@ def train_base_on_cohort(manifest: Path, out: Path, config, split: CohortSplit, 
     from ApplePerturbLib.base_training import load_training_arrays, make_base_model, save_base_model, train_base_model
 
     started = time.perf_counter()
-    if config.epochs < 1 or config.batch_size < 1 or config.learning_rate <= 0:
-        raise InvalidInputError(f"--epochs {config.epochs} and --batch-size {config.batch_size} must be 1 or more "
-                                f"and --lr {config.learning_rate} above 0.")
+    config.validate()
     records = limit_images(split.select(read_manifest(manifest), "train"), max_images, config.seed)
     groups = None
     if config.loss == "febs":
@@ -192,7 +190,7 @@ def train_base_on_cohort(manifest: Path, out: Path, config, split: CohortSplit, 
         require_groups(records, config.febs_attribute, split.age_threshold, where="training split")
         groups = group_indices(records, config.febs_attribute, split.age_threshold)
     torch.manual_seed(config.seed)
-    backbone = make_base_model(architecture).to(select_device(device))
+    backbone = make_base_model(architecture, config.input_size).to(select_device(device))
     reporter.event("start", command="train-base", backbone=architecture, loss=config.loss, images=len(records),
                    epochs=config.epochs)
     images, masks = load_training_arrays(backbone, records)

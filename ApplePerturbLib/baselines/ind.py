@@ -4,15 +4,20 @@ The name and idea come from the "independent" strategies of Wang et al.,
 "Towards Fairness in Visual Recognition: Effective Strategies for Bias
 Mitigation", CVPR 2020, doi:10.1109/CVPR42600.2020.00894. Here each group's
 model is a copy of a trained base model (U-Net or TransUNet from
-``train-base``) fine-tuned on that group's training images alone. At
-inference an image is segmented by its own group's model, so InD needs the
-sensitive attribute of every test image. An image of unknown attribute is
-segmented by the base model.
+``train-base``) fine-tuned on that group's training images alone. For the
+promptable backbones (LiteMedSAM, MedSAM, SAM) only the mask decoder is
+fine-tuned, on cached latents (see ``decoder_ind``). At inference an image
+is segmented by its own group's model, so InD needs the sensitive attribute
+of every test image. An image of unknown attribute is segmented by the base
+model.
 
 Output folder of ``train-ind``:
-    base.safetensors        copy of the base model
+    base.safetensors        copy of the base model (U-Net and TransUNet only;
+                            for the promptable backbones ind.json names the
+                            weights file and its SHA-256 instead)
     <group>.safetensors     one fine-tuned model per group (loadable with
-                            ``--backbone unet|transunet --checkpoint``)
+                            ``--backbone unet|transunet --checkpoint``), or
+                            one fine-tuned mask decoder
     ind.json                index: attribute, groups -> files and SHA-256,
                             split settings, training settings and counts
 
@@ -25,6 +30,7 @@ report code treats InD as the compared method.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import shutil
@@ -35,9 +41,11 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from ApplePerturbLib.backbones import load_trained_backbone
+from ApplePerturbLib.backbones import build_backbone, load_trained_backbone
 from ApplePerturbLib.backbones.base import Backbone, file_sha256
 from ApplePerturbLib.base_training import BaseTrainingConfig, load_training_arrays, save_base_model, train_base_model
+from ApplePerturbLib.baselines.decoder_ind import (PROMPTABLE_BACKBONES, fine_tune_mask_decoder, load_mask_decoder,
+                                                   save_mask_decoder)
 from ApplePerturbLib.cohort import group_names, group_of, read_manifest, require_groups
 from ApplePerturbLib.errors import CheckpointError, TrainingInterrupted
 from ApplePerturbLib.imageio import atomic_output, write_mask
@@ -124,6 +132,65 @@ def train_ind(manifest: Path, base_path: Path, attribute: str, out_dir: Path, co
         "train_group_counts": counts, "training_seconds": round(time.perf_counter() - started, 1),
         "note": IND_NOTE,
     }
+    return _write_index(out_dir, index, reporter)
+
+
+def train_ind_decoders(manifest: Path, backbone_name: str, checkpoint: Path | None, attribute: str, out_dir: Path,
+                       config: BaseTrainingConfig, split: CohortSplit, reporter: Reporter, device: str = "auto",
+                       max_images: int | None = None, cache_folder: Path | None = None,
+                       should_stop: Callable[[], bool] | None = None) -> dict:
+    """InD for a promptable backbone: fine-tune one copy of its mask decoder per group; returns the index written.
+
+    Latents come from (and go to) the latent cache, so the image encoder
+    runs once per image across ``train``, ``sweep-beta`` and this command.
+    """
+    from ApplePerturbLib.latents import encode_cohort
+    from ApplePerturbLib.workflows import limit_images, select_device
+
+    started = time.perf_counter()
+    backbone = build_backbone(backbone_name, checkpoint, select_device(device))
+    records = limit_images(split.select(read_manifest(manifest), "train"), max_images, config.seed)
+    counts = require_groups(records, attribute, split.age_threshold, where="training split")
+    names = group_names(attribute, split.age_threshold)
+    reporter.event("start", command="train-ind", backbone=backbone.name, attribute=attribute, groups=names,
+                   images=len(records), epochs=config.epochs)
+    samples = encode_cohort(backbone, records, cache_folder, reporter, should_stop)
+    original = copy.deepcopy(backbone.mask_decoder.state_dict())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    groups = {}
+    for name in names:
+        group_samples = [s for s in samples if group_of(s.record, attribute, split.age_threshold) == name]
+        if not group_samples:
+            logger.warning("No training image of group %s; its images will use the base model.", name)
+            continue
+        backbone.mask_decoder.load_state_dict(original)
+
+        def on_epoch(epoch, loss, dsc, name=name):
+            reporter.event("epoch", group=name, epoch=epoch, epochs=config.epochs, loss=loss, dsc=dsc)
+
+        history = fine_tune_mask_decoder(backbone, group_samples, config, on_epoch, should_stop)
+        path = out_dir / group_file_name(name)
+        save_mask_decoder(path, backbone, {"training": asdict(config), "split": asdict(split), "ind_group": name,
+                                           "train_images": len(group_samples), "final_loss": history[-1]["loss"],
+                                           "final_dsc": history[-1]["dsc"]})
+        groups[name] = {"file": path.name, "sha256": file_sha256(path), "train_images": len(group_samples),
+                        "final_dsc": history[-1]["dsc"]}
+
+    index = {
+        "format": IND_FORMAT, "format_version": IND_FORMAT_VERSION, "architecture": backbone.name,
+        "attribute": attribute, "group_names": names, "groups": groups,
+        "base": {"file": None, "checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()),
+                 "sha256": backbone.weights_sha256, "source": "shipped weights" if checkpoint is None
+                 else Path(checkpoint).name},
+        "fine_tuned": "mask decoder", "split": asdict(split), "training": asdict(config),
+        "cohort_manifest": Path(manifest).name, "train_group_counts": counts,
+        "training_seconds": round(time.perf_counter() - started, 1), "note": IND_NOTE,
+    }
+    return _write_index(out_dir, index, reporter)
+
+
+def _write_index(out_dir: Path, index: dict, reporter: Reporter) -> dict:
+    """Write ind.json last and atomically: a folder without it is an unfinished run."""
     with atomic_output(out_dir / INDEX_NAME) as temporary:
         temporary.write_text(json.dumps(index, indent=2), encoding="utf-8")
     reporter.event("done", checkpoint=str(out_dir / INDEX_NAME), seconds=index["training_seconds"])
@@ -173,6 +240,27 @@ def _load_checked(ind_dir: Path, entry: dict, device) -> Backbone:
     return model
 
 
+def _load_models(ind_dir: Path, index: dict, device) -> tuple[Backbone, dict[str, Backbone]]:
+    """Return the base model and one model per group, each checked against the SHA-256 in the index."""
+    if index.get("architecture") not in PROMPTABLE_BACKBONES:
+        base = _load_checked(ind_dir, index["base"], device)
+        return base, {name: _load_checked(ind_dir, entry, device) for name, entry in index["groups"].items()}
+    entry = index["base"]
+    base = build_backbone(index["architecture"], entry.get("checkpoint"), device)
+    if base.weights_sha256 != entry["sha256"]:
+        raise CheckpointError(f"the {index['architecture']} weights ({entry.get('checkpoint') or 'shipped weights'}) "
+                              f"changed since 'apple-perturb train-ind' wrote {ind_dir / INDEX_NAME}; rerun train-ind.")
+    models = {}
+    for name, group_entry in index["groups"].items():
+        path = ind_dir / group_entry["file"]
+        if path.is_file() and file_sha256(path) != group_entry["sha256"]:
+            raise CheckpointError(f"{path} changed since 'apple-perturb train-ind' wrote it (SHA-256 differs from "
+                                  f"{INDEX_NAME}); rerun train-ind.")
+        models[name] = copy.deepcopy(base)
+        load_mask_decoder(path, models[name])
+    return base, models
+
+
 def evaluate_ind(manifest: Path, ind_dir: Path, split_name: str, out: Path, reporter: Reporter,
                  device: str = "auto", save_masks: bool = False,
                  should_stop: Callable[[], bool] | None = None) -> dict:
@@ -183,8 +271,7 @@ def evaluate_ind(manifest: Path, ind_dir: Path, split_name: str, out: Path, repo
     started = time.perf_counter()
     index = read_ind_index(ind_dir)
     torch_device = select_device(device)
-    base = _load_checked(ind_dir, index["base"], torch_device)
-    models = {name: _load_checked(ind_dir, entry, torch_device) for name, entry in index["groups"].items()}
+    base, models = _load_models(Path(ind_dir), index, torch_device)
     split = CohortSplit(**index["split"])
     attribute = index["attribute"]
     records = split.select(read_manifest(manifest), split_name)
@@ -244,7 +331,14 @@ def add_parser(subparsers) -> None:
     """Add ``train-ind`` and ``evaluate-ind`` to the ``apple-perturb`` subcommands."""
     train = subparsers.add_parser("train-ind", help="InD baseline: fine-tune one copy of a base model per group")
     train.add_argument("--cohort", type=Path, required=True, help="cohort manifest CSV, or a DDTI folder (N.xml + N_k.jpg) to import first")
-    train.add_argument("--base", type=Path, required=True, help="U-Net or TransUNet file written by train-base")
+    model = train.add_mutually_exclusive_group(required=True)
+    model.add_argument("--base", type=Path, help="U-Net or TransUNet file written by train-base")
+    model.add_argument("--backbone", choices=PROMPTABLE_BACKBONES,
+                       help="promptable backbone whose mask decoder is fine-tuned per group (encoders frozen)")
+    train.add_argument("--checkpoint", type=Path,
+                       help="weights of --backbone (.pth); default for litemedsam: the shipped weights")
+    train.add_argument("--cache", type=Path, help="latent cache folder for --backbone (default $APPLE_PERTURB_CACHE "
+                                                  "or ~/.cache/apple-perturb)")
     train.add_argument("--attribute", choices=("sex", "age"), required=True, help="attribute whose groups get a model each")
     train.add_argument("--out", type=Path, required=True, help="folder for the group models and ind.json")
     train.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs per group (default 10)")
@@ -272,9 +366,20 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def run_train_ind(args, reporter, should_stop) -> None:
+    from ApplePerturbLib.errors import InvalidInputError
+    from ApplePerturbLib.workflows import CohortSplit, default_cache_folder
+
     config = BaseTrainingConfig(args.epochs, args.batch_size, args.lr, args.seed)
-    index = train_ind(args.cohort, args.base, args.attribute, args.out, config, reporter, args.device,
-                      args.max_images, should_stop)
+    config.validate()
+    if args.base is not None:
+        if args.checkpoint is not None:
+            raise InvalidInputError("--checkpoint goes with --backbone; with --base the base model file is the model.")
+        index = train_ind(args.cohort, args.base, args.attribute, args.out, config, reporter, args.device,
+                          args.max_images, should_stop)
+    else:
+        index = train_ind_decoders(args.cohort, args.backbone, args.checkpoint, args.attribute, args.out, config,
+                                   CohortSplit(), reporter, args.device, args.max_images,
+                                   args.cache or default_cache_folder(), should_stop)
     if args.progress != "jsonl":
         trained = ", ".join(f"{name} ({entry['train_images']} images)" for name, entry in index["groups"].items())
         print(f"wrote InD models to {args.out}: {trained}; {index['training_seconds']:.0f} s")

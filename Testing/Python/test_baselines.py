@@ -16,9 +16,10 @@ from ApplePerturbLib.backbones import build_backbone, load_trained_backbone
 from ApplePerturbLib.backbones.unet import UNetBackbone, save_unet
 from ApplePerturbLib.baselines.febs import (febs_segmentation_loss, group_scaling_factors, image_scaling_factors,
                                             soft_dice_loss)
+from ApplePerturbLib.baselines.decoder_ind import load_mask_decoder
 from ApplePerturbLib.baselines.ind import INDEX_NAME, group_file_name
 from ApplePerturbLib.cohort import group_of, read_manifest, write_manifest
-from ApplePerturbLib.errors import InvalidInputError
+from ApplePerturbLib.errors import CheckpointError, InvalidInputError
 from ApplePerturbLib.evaluate import segment_record
 from ApplePerturbLib.metrics import dice_score
 from ApplePerturbLib.synthetic import make_synthetic_cohort
@@ -298,3 +299,122 @@ def test_group_file_names_are_safe():
     assert group_file_name(">=50") == "ge50.safetensors"
     assert group_file_name(">=62.5") == "ge62p5.safetensors"
     assert np.all([ch.isalnum() or ch in "._" for ch in group_file_name(">=62.5")])
+
+
+# InD for promptable backbones: one mask decoder per group ---------------------------------------
+
+@pytest.fixture(scope="module")
+def decoder_ind_run(cohort, tiny_sam_file, tmp_path_factory):
+    """An InD folder of a tiny random-weight SAM: one fine-tuned mask decoder per sex."""
+    folder = tmp_path_factory.mktemp("decoder_ind")
+    code = cli.main(["train-ind", "--cohort", str(cohort), "--backbone", "sam_vit_b", "--checkpoint",
+                     str(tiny_sam_file), "--attribute", "sex", "--out", str(folder / "ind"), "--epochs", "2",
+                     "--lr", "1e-2", "--cache", str(folder / "cache"), "--device", "cpu", "--progress", "none"])
+    assert code == 0
+    return folder / "ind"
+
+
+def _decoder_output(backbone, latent):
+    box = torch.tensor([[8.0, 8.0, 900.0, 900.0]])
+    with torch.no_grad():
+        return backbone.decode(latent, [], box)
+
+
+def test_decoder_ind_fine_tunes_only_the_decoder(decoder_ind_run, tiny_sam_file):
+    index = json.loads((decoder_ind_run / INDEX_NAME).read_text())
+    assert index["architecture"] == "sam_vit_b"
+    assert index["fine_tuned"] == "mask decoder"
+    assert set(index["groups"]) == {"female", "male"}
+    assert not (decoder_ind_run / "base.safetensors").exists()
+    base = build_backbone("sam_vit_b", tiny_sam_file)
+    assert index["base"]["sha256"] == base.weights_sha256
+    latent = torch.randn(1, 256, 64, 64)
+    outputs = {"base": _decoder_output(base, latent)}
+    for name, entry in index["groups"].items():
+        model = build_backbone("sam_vit_b", tiny_sam_file)
+        metadata = load_mask_decoder(decoder_ind_run / entry["file"], model)
+        assert metadata["ind_group"] == name
+        assert not any(p.requires_grad for p in model.parameters())
+        for key, value in base.image_encoder.state_dict().items():
+            assert torch.equal(model.image_encoder.state_dict()[key], value), key
+        outputs[name] = _decoder_output(model, latent)
+    assert not torch.equal(outputs["female"], outputs["base"])
+    assert not torch.equal(outputs["male"], outputs["base"])
+    assert not torch.equal(outputs["female"], outputs["male"])
+
+
+def test_evaluate_ind_with_decoders(decoder_ind_run, cohort, tiny_sam_file, tmp_path):
+    out = tmp_path / "eval"
+    code = cli.main(["evaluate-ind", "--cohort", str(cohort), "--ind", str(decoder_ind_run), "--out", str(out),
+                     "--device", "cpu", "--progress", "none"])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["backbone"] == "sam_vit_b"
+    index = json.loads((decoder_ind_run / INDEX_NAME).read_text())
+    models = {}
+    for name, entry in index["groups"].items():
+        models[name] = build_backbone("sam_vit_b", tiny_sam_file)
+        load_mask_decoder(decoder_ind_run / entry["file"], models[name])
+    records = {r.image.name: r for r in read_manifest(cohort)}
+    with open(out / "per_image.csv", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert rows
+    for row in rows[:4]:
+        expected = segment_record(models[row["group"]], None, records[row["image"]])
+        assert float(row["dice_apple"]) == pytest.approx(dice_score(expected.base, expected.truth), abs=1e-6)
+
+
+def test_decoder_from_other_weights_rejected(decoder_ind_run, tmp_path):
+    from conftest import write_tiny_sam
+
+    other = build_backbone("sam_vit_b", write_tiny_sam(tmp_path / "other.pth", seed=1))
+    with pytest.raises(CheckpointError, match="fine-tuned from sam_vit_b weights"):
+        load_mask_decoder(decoder_ind_run / "female.safetensors", other)
+
+
+def test_evaluate_ind_rejects_changed_backbone_weights(decoder_ind_run, cohort, tmp_path, capsys):
+    import shutil
+
+    from conftest import write_tiny_sam
+
+    copy = tmp_path / "ind"
+    shutil.copytree(decoder_ind_run, copy)
+    index = json.loads((copy / INDEX_NAME).read_text())
+    index["base"]["checkpoint"] = str(write_tiny_sam(tmp_path / "other.pth", seed=1))
+    (copy / INDEX_NAME).write_text(json.dumps(index))
+    code = cli.main(["evaluate-ind", "--cohort", str(cohort), "--ind", str(copy), "--out", str(tmp_path / "eval"),
+                     "--device", "cpu", "--progress", "none"])
+    assert code == 1
+    assert "changed since" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()
+
+
+def test_fine_tune_stops_with_decoder_frozen(tiny_sam_file, cohort, tmp_path):
+    from ApplePerturbLib.base_training import BaseTrainingConfig
+    from ApplePerturbLib.baselines.decoder_ind import fine_tune_mask_decoder
+    from ApplePerturbLib.errors import TrainingInterrupted
+    from ApplePerturbLib.latents import encode_cohort
+    from ApplePerturbLib.progress import Reporter
+
+    backbone = build_backbone("sam_vit_b", tiny_sam_file)
+    samples = encode_cohort(backbone, read_manifest(cohort)[:2], None, Reporter())
+    with pytest.raises(TrainingInterrupted):
+        fine_tune_mask_decoder(backbone, samples, BaseTrainingConfig(epochs=1), should_stop=lambda: True)
+    assert not any(p.requires_grad for p in backbone.parameters())
+    assert not backbone.mask_decoder.training
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--base", "b.safetensors", "--backbone", "litemedsam"], "not allowed with argument"),
+    (["--base", "b.safetensors", "--checkpoint", "w.pth"], "--checkpoint goes with --backbone"),
+    (["--backbone", "litemedsam", "--epochs", "0"], "--epochs 0"),
+])
+def test_train_ind_option_errors(cohort, tmp_path, capsys, extra, message):
+    try:
+        code = cli.main(["train-ind", "--cohort", str(cohort), "--attribute", "sex", "--out", str(tmp_path / "ind"),
+                         "--progress", "none", *extra])
+    except SystemExit as stop:  # argparse rejects the option pair itself
+        code = stop.code
+    assert code != 0
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "ind").exists()
