@@ -245,3 +245,24 @@ def test_unexpected_error_gives_error_event(synthetic_manifest, tmp_path, monkey
 def test_perturber_file_is_group_readable(trained):
     _, perturber = trained
     assert perturber.stat().st_mode & 0o044
+
+
+def test_train_base_input_size(synthetic_manifest, tmp_path):
+    from ApplePerturbLib.backbones import load_trained_backbone
+
+    out = tmp_path / "small.safetensors"
+    assert main(["train-base", "--cohort", str(synthetic_manifest), "--out", str(out), "--epochs", "1",
+                 "--input-size", "64", "--max-images", "4", "--progress", "none"]) == 0
+    model = load_trained_backbone(out)
+    assert model.input_size == 64
+    assert model.latent_shape == (256, 4, 4)
+
+
+@pytest.mark.parametrize("size", ["50", "16", "0"])
+def test_train_base_rejects_input_size(synthetic_manifest, tmp_path, capsys, size):
+    out = tmp_path / "small.safetensors"
+    code = main(["train-base", "--cohort", str(synthetic_manifest), "--out", str(out), "--input-size", size,
+                 "--progress", "none"])
+    assert code == 1
+    assert f"--input-size {size}" in capsys.readouterr().err
+    assert not out.exists()
