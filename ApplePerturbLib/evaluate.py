@@ -10,7 +10,7 @@ import csv
 import io
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -45,7 +45,7 @@ class SegmentedRecord:
     """Masks of one image and its channel-wise mean latents (C-vectors) before and after perturbation.
 
     ``perturbed_masks`` and ``perturbed_pooled`` have one entry per perturber,
-    in the order given to ``segment_record``.
+    and ``decoder_masks`` one per extra decoder, in the order given to ``segment_record``.
     """
 
     truth: np.ndarray
@@ -53,6 +53,7 @@ class SegmentedRecord:
     pooled_latent: np.ndarray
     perturbed_masks: list[np.ndarray]
     perturbed_pooled: list[np.ndarray]
+    decoder_masks: list[np.ndarray] = field(default_factory=list)
 
     @property
     def apple(self) -> np.ndarray | None:
@@ -67,11 +68,14 @@ class SegmentedRecord:
 
 @torch.no_grad()
 def segment_record(backbone: Backbone, perturbers: Perturber | Sequence[Perturber] | None,
-                   record: CohortRecord) -> SegmentedRecord | None:
+                   record: CohortRecord, decoders: Sequence[Backbone] = ()) -> SegmentedRecord | None:
     """Segment one record without and with each perturber, prompted by the tight box of
     each ground-truth region; None when the ground truth is empty.
 
-    The image is encoded once, whatever the number of perturbers.
+    The image is encoded once, whatever the number of perturbers. Each of
+    ``decoders`` (models with the same encoder weights and preprocessing as
+    ``backbone``, such as InD group models of a promptable backbone) decodes
+    that same unperturbed latent.
     """
     if perturbers is None:
         perturbers = []
@@ -91,8 +95,10 @@ def segment_record(backbone: Backbone, perturbers: Perturber | Sequence[Perturbe
         perturbed = perturber.perturb(encoded.latent)
         masks.append(backbone.logits_to_mask(backbone.decode(perturbed, encoded.context, box_tensor), prepared))
         pooled_perturbed.append(perturbed.mean(dim=(-2, -1))[0].float().cpu().numpy())
+    decoded = [other.logits_to_mask(other.decode(encoded.latent, encoded.context, box_tensor), prepared)
+               for other in decoders]
     pooled = encoded.latent.mean(dim=(-2, -1))[0].float().cpu().numpy()
-    return SegmentedRecord(truth, base, pooled, masks, pooled_perturbed)
+    return SegmentedRecord(truth, base, pooled, masks, pooled_perturbed, decoded)
 
 
 def evaluate_records(backbone: Backbone, perturber: Perturber | None, records: Sequence[CohortRecord],

@@ -272,6 +272,7 @@ def evaluate_ind(manifest: Path, ind_dir: Path, split_name: str, out: Path, repo
     index = read_ind_index(ind_dir)
     torch_device = select_device(device)
     base, models = _load_models(Path(ind_dir), index, torch_device)
+    shares_encoder = index["architecture"] in PROMPTABLE_BACKBONES
     split = CohortSplit(**index["split"])
     attribute = index["attribute"]
     records = split.select(read_manifest(manifest), split_name)
@@ -283,12 +284,19 @@ def evaluate_ind(manifest: Path, ind_dir: Path, split_name: str, out: Path, repo
         if should_stop is not None and should_stop():
             raise TrainingInterrupted("stopped while evaluating InD")
         group = group_of(record, attribute, split.age_threshold)
-        base_output = segment_record(base, None, record)
+        group_model = models.get(group)
+        # A promptable backbone's group models differ only in the mask decoder, so the image is encoded once.
+        shared = [group_model] if group_model is not None and shares_encoder else []
+        base_output = segment_record(base, None, record, decoders=shared)
         if base_output is None:
             skipped += 1
             continue
-        group_model = models.get(group)
-        ind_mask = base_output.base if group_model is None else segment_record(group_model, None, record).base
+        if group_model is None:
+            ind_mask = base_output.base
+        elif shared:
+            ind_mask = base_output.decoder_masks[0]
+        else:
+            ind_mask = segment_record(group_model, None, record).base
         results.append(ImageResult(
             image=record.image.name, case_id=record.case_id, group=group,
             dice_base=dice_score(base_output.base, base_output.truth), dice_apple=dice_score(ind_mask, base_output.truth),
