@@ -52,7 +52,8 @@ def evaluate(args, reporter, should_stop) -> None:
         raise InvalidInputError(f"--out {args.out} is a file; give a folder for the evaluation results.")
     explicit_split = None if args.perturber else _split(args)
     metrics = evaluate_on_cohort(args.cohort, args.backbone, args.checkpoint, args.perturber, args.split, args.out,
-                                 reporter, args.attribute, explicit_split, args.device, args.save_masks)
+                                 reporter, args.attribute, explicit_split, args.device, args.save_masks,
+                                 should_stop)
     if args.progress != "jsonl":
         print(f"{metrics['backbone']} on the {args.split} split, groups by {metrics['attribute']}:")
         print(format_comparison_table(metrics["base"], metrics["apple"]))
@@ -117,7 +118,8 @@ def demo(args, reporter, should_stop) -> None:
     train_perturber_on_cohort(manifest, "litemedsam", None, "sex", perturber, config, CohortSplit(), reporter,
                               cache_folder=args.out / "cache", should_stop=should_stop)
     print("3/3 evaluating on the test split with and without the perturber ...")
-    metrics = evaluate_on_cohort(manifest, "litemedsam", None, perturber, "test", args.out / "evaluation", reporter)
+    metrics = evaluate_on_cohort(manifest, "litemedsam", None, perturber, "test", args.out / "evaluation", reporter,
+                                 should_stop=should_stop)
     print(format_comparison_table(metrics["base"], metrics["apple"]))
     print(f"results: {args.out / 'evaluation'}; total {time.perf_counter() - started:.0f} s.")
     print(f"NOTE: {SYNTHETIC_NOTICE}")

@@ -20,6 +20,7 @@ import torch
 from ApplePerturbLib.backbones.base import Backbone
 from ApplePerturbLib.boxes import boxes_from_mask
 from ApplePerturbLib.cohort import CohortRecord, group_names, group_of
+from ApplePerturbLib.errors import TrainingInterrupted
 from ApplePerturbLib.imageio import atomic_output, read_image, read_mask, write_mask
 from ApplePerturbLib.metrics import dice_score, fairness_metrics, to_json_safe
 from ApplePerturbLib.perturber import Perturber
@@ -103,8 +104,11 @@ def segment_record(backbone: Backbone, perturbers: Perturber | Sequence[Perturbe
 
 def evaluate_records(backbone: Backbone, perturber: Perturber | None, records: Sequence[CohortRecord],
                      attribute: str, age_threshold: float, mask_folder: Path | None = None,
-                     on_image: Callable[[int, int], None] | None = None) -> tuple[list[ImageResult], dict]:
+                     on_image: Callable[[int, int], None] | None = None,
+                     should_stop: Callable[[], bool] | None = None) -> tuple[list[ImageResult], dict]:
     """Segment every record and compute per-image Dice and the fairness metrics.
+
+    ``should_stop`` is polled before every image; True raises ``TrainingInterrupted``.
 
     Returns:
         (per-image results, metrics dict {"base": ..., "apple": ... or None,
@@ -117,6 +121,8 @@ def evaluate_records(backbone: Backbone, perturber: Perturber | None, records: S
     results, skipped = [], 0
     pooled, pooled_perturbed = [], []
     for index, record in enumerate(records, start=1):
+        if should_stop is not None and should_stop():
+            raise TrainingInterrupted(f"stopped while evaluating, after {index - 1} of {len(records)} images")
         output = segment_record(backbone, perturber, record)
         if output is None:
             skipped += 1

@@ -135,7 +135,8 @@ def train_perturber_on_cohort(manifest: Path, backbone_name: str, checkpoint: Pa
 
 def evaluate_on_cohort(manifest: Path, backbone_name: str, checkpoint: Path | None, perturber_path: Path | None,
                        split_name: str, out: Path, reporter: Reporter, attribute: str | None = None,
-                       split: CohortSplit | None = None, device: str = "auto", save_masks: bool = False) -> dict:
+                       split: CohortSplit | None = None, device: str = "auto", save_masks: bool = False,
+                       should_stop: Callable[[], bool] | None = None) -> dict:
     """Evaluate base and APPLE masks on a split; writes per_image.csv and metrics.json to ``out``.
 
     Without explicit ``attribute``/``split`` the perturber's own training
@@ -156,7 +157,7 @@ def evaluate_on_cohort(manifest: Path, backbone_name: str, checkpoint: Path | No
 
     started = time.perf_counter()
     results, metrics, latents = evaluate_records(backbone, perturber, records, attribute, split.age_threshold,
-                                        out / "masks" if save_masks else None, on_image)
+                                        out / "masks" if save_masks else None, on_image, should_stop)
     metrics.update({
         "attribute": attribute, "split": split_name, "split_settings": asdict(split), "backbone": backbone.name,
         "perturber": str(perturber_path) if perturber_path else None,

@@ -89,10 +89,14 @@ step "unet-sweep-beta-sex" "$WORK/sweep-unet-sex/sweep.csv" $APPLE sweep-beta --
     --checkpoint "$WORK/seed$first/unet-base.safetensors" --attribute sex --epochs "$SWEEP_EPOCHS" \
     --seeds $SWEEP_SEEDS --out "$WORK/sweep-unet-sex"
 
-for arch in $TRAINED litemedsam; do
-    for attribute in $ATTRIBUTES; do
-        step "report-$arch-$attribute" "$WORK/report-$arch-$attribute/report.md" $APPLE report \
-            "$WORK/seed$first/eval-$arch-$attribute-apple" --cohort "$M" --out "$WORK/report-$arch-$attribute"
+# One report of the first seed: every APPLE and InD evaluation against its base model.
+evaluations=()
+for method in apple ind; do
+    for arch in $TRAINED litemedsam; do
+        for attribute in $ATTRIBUTES; do
+            evaluations+=("$WORK/seed$first/eval-$arch-$attribute-$method")
+        done
     done
 done
+step "report" "$WORK/report/report.md" $APPLE report "${evaluations[@]}" --cohort "$M" --out "$WORK/report"
 cat "$TIMES"

@@ -266,3 +266,23 @@ def test_train_base_rejects_input_size(synthetic_manifest, tmp_path, capsys, siz
     assert code == 1
     assert f"--input-size {size}" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_evaluate_stops_when_asked(synthetic_manifest, trained, tmp_path):
+    from ApplePerturbLib.errors import TrainingInterrupted
+    from ApplePerturbLib.progress import Reporter
+    from ApplePerturbLib.workflows import evaluate_on_cohort
+
+    unet, perturber = trained
+    polls = []
+
+    def stop_at_third_image():
+        polls.append(1)
+        return len(polls) >= 3
+
+    out = tmp_path / "eval"
+    with pytest.raises(TrainingInterrupted, match="after 2 of"):
+        evaluate_on_cohort(synthetic_manifest, "unet", unet, perturber, "test", out, Reporter(),
+                           should_stop=stop_at_third_image)
+    assert not (out / "metrics.json").exists()
+    assert not (out / "per_image.csv").exists()
