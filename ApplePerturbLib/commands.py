@@ -57,6 +57,9 @@ def evaluate(args, reporter, should_stop) -> None:
     if args.progress != "jsonl":
         print(f"{metrics['backbone']} on the {args.split} split, groups by {metrics['attribute']}:")
         print(format_comparison_table(metrics["base"], metrics["apple"]))
+        if "perturbation_size" in metrics:
+            size = metrics["perturbation_size"]
+            print(f"perturbation size ||delta|| / ||f_o||: median {size['median']:.2g}, max {size['max']:.2g}")
         print(f"wrote {args.out / 'per_image.csv'} and {args.out / 'metrics.json'}")
 
 

@@ -45,8 +45,10 @@ class ImageResult:
 class SegmentedRecord:
     """Masks of one image and its channel-wise mean latents (C-vectors) before and after perturbation.
 
-    ``perturbed_masks`` and ``perturbed_pooled`` have one entry per perturber,
-    and ``decoder_masks`` one per extra decoder, in the order given to ``segment_record``.
+    ``perturbed_masks``, ``perturbed_pooled`` and ``perturbation_sizes`` have
+    one entry per perturber, and ``decoder_masks`` one per extra decoder, in
+    the order given to ``segment_record``. A perturbation size is the
+    relative L2 norm ``||delta|| / ||f_o||`` over the whole latent.
     """
 
     truth: np.ndarray
@@ -55,6 +57,7 @@ class SegmentedRecord:
     perturbed_masks: list[np.ndarray]
     perturbed_pooled: list[np.ndarray]
     decoder_masks: list[np.ndarray] = field(default_factory=list)
+    perturbation_sizes: list[float] = field(default_factory=list)
 
     @property
     def apple(self) -> np.ndarray | None:
@@ -91,15 +94,17 @@ def segment_record(backbone: Backbone, perturbers: Perturber | Sequence[Perturbe
     encoded = backbone.encode(prepared.pixels)
     box_tensor = backbone.boxes_to_input_frame(boxes, prepared) if backbone.requires_box else None
     base = backbone.logits_to_mask(backbone.decode(encoded.latent, encoded.context, box_tensor), prepared)
-    masks, pooled_perturbed = [], []
+    masks, pooled_perturbed, sizes = [], [], []
+    latent_norm = float(encoded.latent.float().norm())
     for perturber in perturbers:
         perturbed = perturber.perturb(encoded.latent)
+        sizes.append(float((perturbed - encoded.latent).float().norm()) / max(latent_norm, 1e-12))
         masks.append(backbone.logits_to_mask(backbone.decode(perturbed, encoded.context, box_tensor), prepared))
         pooled_perturbed.append(perturbed.mean(dim=(-2, -1))[0].float().cpu().numpy())
     decoded = [other.logits_to_mask(other.decode(encoded.latent, encoded.context, box_tensor), prepared)
                for other in decoders]
     pooled = encoded.latent.mean(dim=(-2, -1))[0].float().cpu().numpy()
-    return SegmentedRecord(truth, base, pooled, masks, pooled_perturbed, decoded)
+    return SegmentedRecord(truth, base, pooled, masks, pooled_perturbed, decoded, sizes)
 
 
 def evaluate_records(backbone: Backbone, perturber: Perturber | None, records: Sequence[CohortRecord],
@@ -119,7 +124,7 @@ def evaluate_records(backbone: Backbone, perturber: Perturber | None, records: S
         are written to ``mask_folder/base`` and ``mask_folder/apple``.
     """
     results, skipped = [], 0
-    pooled, pooled_perturbed = [], []
+    pooled, pooled_perturbed, sizes = [], [], []
     for index, record in enumerate(records, start=1):
         if should_stop is not None and should_stop():
             raise TrainingInterrupted(f"stopped while evaluating, after {index - 1} of {len(records)} images")
@@ -131,6 +136,7 @@ def evaluate_records(backbone: Backbone, perturber: Perturber | None, records: S
         pooled.append(output.pooled_latent)
         if output.pooled_perturbed is not None:
             pooled_perturbed.append(output.pooled_perturbed)
+            sizes.append(output.perturbation_sizes[0])
         results.append(ImageResult(
             image=record.image.name, case_id=record.case_id, group=group_of(record, attribute, age_threshold),
             dice_base=dice_score(base, truth), dice_apple=None if apple is None else dice_score(apple, truth),
@@ -150,6 +156,10 @@ def evaluate_records(backbone: Backbone, perturber: Perturber | None, records: S
         "apple": None if perturber is None else fairness_metrics([r.dice_apple for r in results], groups, names),
         "skipped_empty_masks": skipped,
     }
+    if sizes:
+        # How far G_p moves the latent: a size near 0 means APPLE cannot change the masks much.
+        metrics["perturbation_size"] = {"median": float(np.median(sizes)), "max": float(np.max(sizes)),
+                                        "measure": "||delta|| / ||f_o|| per image"}
     latents = {"f_o": np.stack(pooled), "f_p": np.stack(pooled_perturbed) if pooled_perturbed else None}
     return results, metrics, latents
 

@@ -39,6 +39,7 @@ def test_evaluate_writes_metrics_for_both_models(synthetic_manifest, trained, tm
     metrics = _evaluate(synthetic_manifest, unet, perturber, tmp_path / "eval")
     assert set(metrics["base"]["groups"]) == {"female", "male"}
     assert metrics["apple"]["n_images"] == metrics["base"]["n_images"] > 0
+    assert 0 < metrics["perturbation_size"]["median"] <= metrics["perturbation_size"]["max"]
     assert metrics["attribute"] == "sex"
     rows = list(csv.DictReader(open(tmp_path / "eval" / "per_image.csv")))
     assert len(rows) == metrics["base"]["n_images"]

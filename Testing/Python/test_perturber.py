@@ -95,3 +95,23 @@ def test_disk_full_leaves_old_checkpoint_intact(tmp_path, monkeypatch):
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.safetensors"]
     assert json.loads(json.dumps(read_perturber_metadata(path)))["beta"] == 1.0
+
+
+def test_perturbation_size_of_constant_shift(synthetic_manifest):
+    from ApplePerturbLib.cohort import read_manifest
+    from ApplePerturbLib.evaluate import segment_record
+    from ApplePerturbLib.imageio import read_image
+    from ApplePerturbLib.perturber import Perturber
+
+    torch.manual_seed(0)
+    backbone = UNetBackbone(features=(4, 4, 8, 8, 16, 4), input_size=64).freeze()
+    generator = PerturbationGenerator(16).eval()
+    with torch.no_grad():
+        generator.dec3.bias.fill_(0.5)  # the last layer starts at zero, so G_p now adds exactly 0.5 everywhere
+    perturber = Perturber(generator, AttributeDiscriminator(16, 2), {})
+    record = read_manifest(synthetic_manifest)[0]
+    output = segment_record(backbone, [perturber], record)
+    with torch.no_grad():
+        latent = backbone.encode(backbone.prepare(read_image(record.image)).pixels).latent
+    expected = 0.5 * latent.numel() ** 0.5 / float(latent.norm())
+    assert output.perturbation_sizes == pytest.approx([expected], rel=1e-5)
