@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from ApplePerturbLib.backbones import BACKBONE_NAMES, DEFAULT_BACKBONE, TRAINABLE_ARCHITECTURES
+from ApplePerturbLib.commands import add_cached_latent_options
 from ApplePerturbLib.errors import ApplePerturbError, TrainingInterrupted
 
 logger = logging.getLogger("ApplePerturbLib")
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, required=True,
                           help="folder for per_image.csv, metrics.json and latents.npz (pooled f_o, f_p)")
     evaluate.add_argument("--save-masks", action="store_true", help="also write every predicted mask under OUT/masks")
+    add_cached_latent_options(evaluate)
     _add_model_options(evaluate)
     _add_split_options(evaluate)
     _add_progress_option(evaluate)

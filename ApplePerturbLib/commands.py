@@ -53,7 +53,7 @@ def evaluate(args, reporter, should_stop) -> None:
     explicit_split = None if args.perturber else _split(args)
     metrics = evaluate_on_cohort(args.cohort, args.backbone, args.checkpoint, args.perturber, args.split, args.out,
                                  reporter, args.attribute, explicit_split, args.device, args.save_masks,
-                                 should_stop)
+                                 should_stop, cached_latent_folder(args))
     if args.progress != "jsonl":
         print(f"{metrics['backbone']} on the {args.split} split, groups by {metrics['attribute']}:")
         print(format_comparison_table(metrics["base"], metrics["apple"]))
@@ -61,6 +61,24 @@ def evaluate(args, reporter, should_stop) -> None:
             size = metrics["perturbation_size"]
             print(f"perturbation size ||delta|| / ||f_o||: median {size['median']:.2g}, max {size['max']:.2g}")
         print(f"wrote {args.out / 'per_image.csv'} and {args.out / 'metrics.json'}")
+
+
+def add_cached_latent_options(parser: argparse.ArgumentParser) -> None:
+    """Add --cached-latents and --cache to an evaluation command."""
+    parser.add_argument("--cached-latents", action="store_true",
+                        help="reuse (and store) the float16 latents that train caches, skipping the encoder for "
+                             "images seen before; Dice can differ from an uncached run by float16 rounding")
+    parser.add_argument("--cache", type=Path,
+                        help="latent cache folder (default $APPLE_PERTURB_CACHE or ~/.cache/apple-perturb)")
+
+
+def cached_latent_folder(args):
+    """Return the latent cache folder with --cached-latents, else None."""
+    from ApplePerturbLib.workflows import default_cache_folder
+
+    if not args.cached_latents:
+        return None
+    return args.cache or default_cache_folder()
 
 
 def segment(args, reporter, should_stop) -> None:

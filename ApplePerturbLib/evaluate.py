@@ -17,11 +17,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ApplePerturbLib.backbones.base import Backbone
+from ApplePerturbLib.backbones.base import Backbone, Encoded
 from ApplePerturbLib.boxes import boxes_from_mask
 from ApplePerturbLib.cohort import CohortRecord, group_names, group_of
 from ApplePerturbLib.errors import TrainingInterrupted
 from ApplePerturbLib.imageio import atomic_output, read_image, read_mask, write_mask
+from ApplePerturbLib.latents import LatentCache
 from ApplePerturbLib.metrics import dice_score, fairness_metrics, to_json_safe
 from ApplePerturbLib.perturber import Perturber
 
@@ -72,14 +73,17 @@ class SegmentedRecord:
 
 @torch.no_grad()
 def segment_record(backbone: Backbone, perturbers: Perturber | Sequence[Perturber] | None,
-                   record: CohortRecord, decoders: Sequence[Backbone] = ()) -> SegmentedRecord | None:
+                   record: CohortRecord, decoders: Sequence[Backbone] = (),
+                   cache: LatentCache | None = None) -> SegmentedRecord | None:
     """Segment one record without and with each perturber, prompted by the tight box of
     each ground-truth region; None when the ground truth is empty.
 
     The image is encoded once, whatever the number of perturbers. Each of
     ``decoders`` (models with the same encoder weights and preprocessing as
     ``backbone``, such as InD group models of a promptable backbone) decodes
-    that same unperturbed latent.
+    that same unperturbed latent. With ``cache`` the latent comes from (or
+    goes to) the float16 latent cache that training uses, which skips the
+    encoder at the cost of float16 rounding of the latent.
     """
     if perturbers is None:
         perturbers = []
@@ -90,9 +94,17 @@ def segment_record(backbone: Backbone, perturbers: Perturber | Sequence[Perturbe
     boxes = boxes_from_mask(truth)
     if not boxes:
         return None
-    prepared = backbone.prepare(image)
-    encoded = backbone.encode(prepared.pixels)
-    box_tensor = backbone.boxes_to_input_frame(boxes, prepared) if backbone.requires_box else None
+    if cache is None:
+        prepared = backbone.prepare(image)
+        encoded = backbone.encode(prepared.pixels)
+        box_tensor = backbone.boxes_to_input_frame(boxes, prepared) if backbone.requires_box else None
+    else:
+        prepared = backbone.geometry(*image.shape[:2])
+        sample = cache.get(record)
+        device = backbone.device
+        encoded = Encoded(sample.latent[None].to(device, torch.float32),
+                          [c[None].to(device, torch.float32) for c in sample.context])
+        box_tensor = sample.boxes.to(device) if backbone.requires_box else None
     base = backbone.logits_to_mask(backbone.decode(encoded.latent, encoded.context, box_tensor), prepared)
     masks, pooled_perturbed, sizes = [], [], []
     latent_norm = float(encoded.latent.float().norm())
@@ -110,10 +122,12 @@ def segment_record(backbone: Backbone, perturbers: Perturber | Sequence[Perturbe
 def evaluate_records(backbone: Backbone, perturber: Perturber | None, records: Sequence[CohortRecord],
                      attribute: str, age_threshold: float, mask_folder: Path | None = None,
                      on_image: Callable[[int, int], None] | None = None,
-                     should_stop: Callable[[], bool] | None = None) -> tuple[list[ImageResult], dict]:
+                     should_stop: Callable[[], bool] | None = None,
+                     cache: LatentCache | None = None) -> tuple[list[ImageResult], dict]:
     """Segment every record and compute per-image Dice and the fairness metrics.
 
     ``should_stop`` is polled before every image; True raises ``TrainingInterrupted``.
+    ``cache``: see ``segment_record``.
 
     Returns:
         (per-image results, metrics dict {"base": ..., "apple": ... or None,
@@ -128,7 +142,7 @@ def evaluate_records(backbone: Backbone, perturber: Perturber | None, records: S
     for index, record in enumerate(records, start=1):
         if should_stop is not None and should_stop():
             raise TrainingInterrupted(f"stopped while evaluating, after {index - 1} of {len(records)} images")
-        output = segment_record(backbone, perturber, record)
+        output = segment_record(backbone, perturber, record, cache=cache)
         if output is None:
             skipped += 1
             continue
@@ -155,6 +169,7 @@ def evaluate_records(backbone: Backbone, perturber: Perturber | None, records: S
         "base": fairness_metrics([r.dice_base for r in results], groups, names),
         "apple": None if perturber is None else fairness_metrics([r.dice_apple for r in results], groups, names),
         "skipped_empty_masks": skipped,
+        "latents": "computed" if cache is None else "float16 cache",
     }
     if sizes:
         # How far G_p moves the latent: a size near 0 means APPLE cannot change the masks much.

@@ -22,7 +22,7 @@ from ApplePerturbLib.backbones import build_backbone
 from ApplePerturbLib.cohort import CohortRecord, group_counts, group_names, read_manifest, require_groups, split_by_case
 from ApplePerturbLib.errors import InvalidInputError
 from ApplePerturbLib.evaluate import evaluate_records, write_evaluation
-from ApplePerturbLib.latents import encode_cohort, group_indices
+from ApplePerturbLib.latents import LatentCache, encode_cohort, group_indices
 from ApplePerturbLib.perturber import load_perturber, read_perturber_metadata, save_perturber
 from ApplePerturbLib.progress import Reporter
 
@@ -87,6 +87,11 @@ def select_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def latent_cache(backbone, cache_folder: Path | None) -> LatentCache | None:
+    """Return the latent cache under ``cache_folder``/latents, or None without a folder."""
+    return None if cache_folder is None else LatentCache(backbone, Path(cache_folder) / "latents")
+
+
 def limit_images(records: list[CohortRecord], max_images: int | None, seed: int) -> list[CohortRecord]:
     """Keep a seeded random subset of at most ``max_images`` records (all when None)."""
     if max_images is None or max_images >= len(records):
@@ -136,8 +141,10 @@ def train_perturber_on_cohort(manifest: Path, backbone_name: str, checkpoint: Pa
 def evaluate_on_cohort(manifest: Path, backbone_name: str, checkpoint: Path | None, perturber_path: Path | None,
                        split_name: str, out: Path, reporter: Reporter, attribute: str | None = None,
                        split: CohortSplit | None = None, device: str = "auto", save_masks: bool = False,
-                       should_stop: Callable[[], bool] | None = None) -> dict:
+                       should_stop: Callable[[], bool] | None = None, cache_folder: Path | None = None) -> dict:
     """Evaluate base and APPLE masks on a split; writes per_image.csv and metrics.json to ``out``.
+
+    With ``cache_folder`` the latents come from the latent cache (see ``segment_record``).
 
     Without explicit ``attribute``/``split`` the perturber's own training
     settings are used, so its test split is exactly the cases it never saw.
@@ -157,7 +164,8 @@ def evaluate_on_cohort(manifest: Path, backbone_name: str, checkpoint: Path | No
 
     started = time.perf_counter()
     results, metrics, latents = evaluate_records(backbone, perturber, records, attribute, split.age_threshold,
-                                        out / "masks" if save_masks else None, on_image, should_stop)
+                                        out / "masks" if save_masks else None, on_image, should_stop,
+                                        latent_cache(backbone, cache_folder))
     metrics.update({
         "attribute": attribute, "split": split_name, "split_settings": asdict(split), "backbone": backbone.name,
         "perturber": str(perturber_path) if perturber_path else None,

@@ -5,7 +5,9 @@
 # and LiteMedSAM's InD fine-tunes one mask decoder per group. A beta sweep and the
 # reports follow. Every step writes one file or folder; a step whose output exists is skipped,
 # so the study can be stopped and resumed, or run in pieces. Seeds are the outer loop:
-# after the first seed every method has one complete result.
+# after the first seed every method has one complete result. LiteMedSAM's encoder, the
+# slowest step on a CPU, runs once per image: training and evaluation share the
+# float16 latent cache.
 #
 # Usage: scripts/ddti_study.sh DDTI_FOLDER WORK_FOLDER
 # Settings (environment): APPLE_SEEDS ("0 1 2"), APPLE_INPUT_SIZE (128),
@@ -77,11 +79,11 @@ for seed in $SEEDS; do
             --attribute $attribute --epochs "$LITE_EPOCHS" --seed "$seed" --out "$S/$tag-apple.safetensors"
         step "$tag-evaluate-apple-s$seed" "$S/eval-$tag-apple/metrics.json" $APPLE evaluate --cohort "$M" \
             --backbone litemedsam --perturber "$S/$tag-apple.safetensors" --split test \
-            --out "$S/eval-$tag-apple" --save-masks
+            --out "$S/eval-$tag-apple" --save-masks --cached-latents
         step "$tag-ind-s$seed" "$S/$tag-ind/ind.json" $APPLE train-ind --cohort "$M" --backbone litemedsam \
             --attribute $attribute --epochs "$LITE_EPOCHS" --seed "$seed" --out "$S/$tag-ind"
         step "$tag-evaluate-ind-s$seed" "$S/eval-$tag-ind/metrics.json" $APPLE evaluate-ind --cohort "$M" \
-            --ind "$S/$tag-ind" --split test --out "$S/eval-$tag-ind" --save-masks
+            --ind "$S/$tag-ind" --split test --out "$S/eval-$tag-ind" --save-masks --cached-latents
     done
 done
 

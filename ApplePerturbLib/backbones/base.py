@@ -26,14 +26,15 @@ class PreparedImage:
     """An image after the backbone's preprocessing.
 
     Attributes:
-        pixels: 1x3xSxS float tensor, the encoder's input.
+        pixels: 1x3xSxS float tensor, the encoder's input; None where only the
+            geometry is needed (see ``Backbone.geometry``).
         original_size: (H, W) of the original image.
         scale: (sy, sx) factors from original pixels to the SxS input frame.
         content_size: (h, w) of the resized image inside the SxS frame; the
             rest of the frame is padding (bottom and right).
     """
 
-    pixels: torch.Tensor
+    pixels: torch.Tensor | None
     original_size: tuple[int, int]
     scale: tuple[float, float]
     content_size: tuple[int, int]
@@ -95,6 +96,11 @@ class Backbone(nn.Module):
         pad_right = self.input_size - content_size[1]
         pixels = F.pad(pixels, (0, pad_right, 0, pad_bottom))
         return PreparedImage(pixels.to(self.device), (height, width), scale, content_size)
+
+    def geometry(self, height: int, width: int) -> PreparedImage:
+        """Return the frames ``prepare`` would use for an HxW image, without pixels."""
+        content_size, scale = self._content_size(height, width)
+        return PreparedImage(None, (height, width), scale, content_size)
 
     def _content_size(self, height: int, width: int) -> tuple[tuple[int, int], tuple[float, float]]:
         size = self.input_size

@@ -263,16 +263,20 @@ def _load_models(ind_dir: Path, index: dict, device) -> tuple[Backbone, dict[str
 
 def evaluate_ind(manifest: Path, ind_dir: Path, split_name: str, out: Path, reporter: Reporter,
                  device: str = "auto", save_masks: bool = False,
-                 should_stop: Callable[[], bool] | None = None) -> dict:
-    """Segment a split with the base model and with each image's group model; writes the ``evaluate`` layout."""
+                 should_stop: Callable[[], bool] | None = None, cache_folder: Path | None = None) -> dict:
+    """Segment a split with the base model and with each image's group model; writes the ``evaluate`` layout.
+
+    With ``cache_folder`` the base model's latents come from the latent cache (see ``segment_record``).
+    """
     from ApplePerturbLib.evaluate import ImageResult, segment_record, write_evaluation
-    from ApplePerturbLib.workflows import CohortSplit, select_device
+    from ApplePerturbLib.workflows import CohortSplit, latent_cache, select_device
 
     started = time.perf_counter()
     index = read_ind_index(ind_dir)
     torch_device = select_device(device)
     base, models = _load_models(Path(ind_dir), index, torch_device)
     shares_encoder = index["architecture"] in PROMPTABLE_BACKBONES
+    cache = latent_cache(base, cache_folder)
     split = CohortSplit(**index["split"])
     attribute = index["attribute"]
     records = split.select(read_manifest(manifest), split_name)
@@ -287,7 +291,7 @@ def evaluate_ind(manifest: Path, ind_dir: Path, split_name: str, out: Path, repo
         group_model = models.get(group)
         # A promptable backbone's group models differ only in the mask decoder, so the image is encoded once.
         shared = [group_model] if group_model is not None and shares_encoder else []
-        base_output = segment_record(base, None, record, decoders=shared)
+        base_output = segment_record(base, None, record, decoders=shared, cache=cache)
         if base_output is None:
             skipped += 1
             continue
@@ -337,6 +341,8 @@ def _ind_metrics(results, index, split, split_name, skipped, models) -> dict:
 
 def add_parser(subparsers) -> None:
     """Add ``train-ind`` and ``evaluate-ind`` to the ``apple-perturb`` subcommands."""
+    from ApplePerturbLib.commands import add_cached_latent_options
+
     train = subparsers.add_parser("train-ind", help="InD baseline: fine-tune one copy of a base model per group")
     train.add_argument("--cohort", type=Path, required=True, help="cohort manifest CSV, or a DDTI folder (N.xml + N_k.jpg) to import first")
     model = train.add_mutually_exclusive_group(required=True)
@@ -363,6 +369,7 @@ def add_parser(subparsers) -> None:
     evaluate.add_argument("--split", choices=("test", "train", "all"), default="test", help="which cases (default test)")
     evaluate.add_argument("--out", type=Path, required=True, help="folder for per_image.csv and metrics.json")
     evaluate.add_argument("--save-masks", action="store_true", help="also write every predicted mask under OUT/masks")
+    add_cached_latent_options(evaluate)
     _add_common(evaluate)
     evaluate.set_defaults(handler=run_evaluate_ind)
 
@@ -397,8 +404,10 @@ def run_train_ind(args, reporter, should_stop) -> None:
 def run_evaluate_ind(args, reporter, should_stop) -> None:
     from ApplePerturbLib.metrics import format_comparison_table
 
+    from ApplePerturbLib.commands import cached_latent_folder
+
     metrics = evaluate_ind(args.cohort, args.ind, args.split, args.out, reporter, args.device, args.save_masks,
-                           should_stop)
+                           should_stop, cached_latent_folder(args))
     if args.progress != "jsonl":
         print(f"InD vs base ({metrics['backbone']}) on the {args.split} split, groups by {metrics['attribute']}:")
         print(format_comparison_table(metrics["base"], metrics["apple"], labels=("base", "InD")))

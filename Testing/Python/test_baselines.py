@@ -418,3 +418,17 @@ def test_train_ind_option_errors(cohort, tmp_path, capsys, extra, message):
     assert code != 0
     assert message in capsys.readouterr().err
     assert not (tmp_path / "ind").exists()
+
+
+def test_evaluate_ind_cached_matches_computed(decoder_ind_run, cohort, tmp_path):
+    results = {}
+    for name, extra in (("computed", []), ("cached", ["--cached-latents", "--cache", str(tmp_path / "cache")])):
+        out = tmp_path / name
+        assert cli.main(["evaluate-ind", "--cohort", str(cohort), "--ind", str(decoder_ind_run), "--out", str(out),
+                         "--device", "cpu", "--progress", "none", *extra]) == 0
+        results[name] = json.loads((out / "metrics.json").read_text())
+    assert any((tmp_path / "cache" / "latents").iterdir())
+    for condition in ("base", "apple"):
+        computed, cached = results["computed"][condition], results["cached"][condition]
+        assert cached["n_images"] == computed["n_images"]
+        assert cached["dsc_overall"] == pytest.approx(computed["dsc_overall"], abs=5e-3)

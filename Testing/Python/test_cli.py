@@ -287,3 +287,22 @@ def test_evaluate_stops_when_asked(synthetic_manifest, trained, tmp_path):
                            should_stop=stop_at_third_image)
     assert not (out / "metrics.json").exists()
     assert not (out / "per_image.csv").exists()
+
+
+def test_evaluate_with_cached_latents(synthetic_manifest, trained, tmp_path):
+    unet, perturber = trained
+    exact = _evaluate(synthetic_manifest, unet, perturber, tmp_path / "exact")
+    cache = tmp_path / "cache"
+    runs = []
+    for name in ("first", "second"):
+        out = tmp_path / name
+        assert main(["evaluate", "--cohort", str(synthetic_manifest), "--backbone", "unet", "--checkpoint", str(unet),
+                     "--perturber", str(perturber), "--out", str(out), "--cached-latents", "--cache", str(cache),
+                     "--progress", "none"]) == 0
+        runs.append(json.loads((out / "metrics.json").read_text()))
+    assert exact["latents"] == "computed"
+    assert runs[0]["latents"] == "float16 cache"
+    assert len(list((cache / "latents").glob("*.safetensors"))) == exact["base"]["n_images"]
+    for condition in ("base", "apple"):
+        assert runs[1][condition]["dsc_overall"] == runs[0][condition]["dsc_overall"]
+        assert runs[0][condition]["dsc_overall"] == pytest.approx(exact[condition]["dsc_overall"], abs=5e-3)
