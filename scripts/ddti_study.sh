@@ -11,8 +11,9 @@
 #
 # Usage: scripts/ddti_study.sh DDTI_FOLDER WORK_FOLDER
 # Settings (environment): APPLE_SEEDS ("0 1 2"), APPLE_INPUT_SIZE (128),
-# APPLE_BASE_EPOCHS (15), APPLE_EPOCHS (10, perturbers of trained models),
-# APPLE_LITE_EPOCHS (3), APPLE_IND_EPOCHS (5), APPLE_SWEEP_EPOCHS (10),
+# APPLE_BASE_EPOCHS (10), APPLE_EPOCHS (10, perturbers of trained models),
+# APPLE_LITE_EPOCHS (3), APPLE_IND_EPOCHS (3), APPLE_LITE_IND_EPOCHS (2),
+# APPLE_SWEEP_EPOCHS (10),
 # APPLE_SWEEP_SEEDS (the first seed),
 # APPLE_PERTURB (apple-perturb), APPLE_PERTURB_CACHE (WORK/cache).
 set -euo pipefail
@@ -20,10 +21,11 @@ DDTI=${1:?give the DDTI folder (N.xml + N_k.jpg)}
 WORK=${2:?give a work folder}
 SEEDS=${APPLE_SEEDS:-0 1 2}
 SIZE=${APPLE_INPUT_SIZE:-128}
-BASE_EPOCHS=${APPLE_BASE_EPOCHS:-15}
+BASE_EPOCHS=${APPLE_BASE_EPOCHS:-10}
 EPOCHS=${APPLE_EPOCHS:-10}
 LITE_EPOCHS=${APPLE_LITE_EPOCHS:-3}
-IND_EPOCHS=${APPLE_IND_EPOCHS:-5}
+IND_EPOCHS=${APPLE_IND_EPOCHS:-3}
+LITE_IND_EPOCHS=${APPLE_LITE_IND_EPOCHS:-2}
 SWEEP_EPOCHS=${APPLE_SWEEP_EPOCHS:-10}
 first=$(set -- $SEEDS; echo "$1")
 SWEEP_SEEDS=${APPLE_SWEEP_SEEDS:-$first}
@@ -81,7 +83,7 @@ for seed in $SEEDS; do
             --backbone litemedsam --perturber "$S/$tag-apple.safetensors" --split test \
             --out "$S/eval-$tag-apple" --save-masks --cached-latents
         step "$tag-ind-s$seed" "$S/$tag-ind/ind.json" $APPLE train-ind --cohort "$M" --backbone litemedsam \
-            --attribute $attribute --epochs "$LITE_EPOCHS" --seed "$seed" --out "$S/$tag-ind"
+            --attribute $attribute --epochs "$LITE_IND_EPOCHS" --seed "$seed" --out "$S/$tag-ind"
         step "$tag-evaluate-ind-s$seed" "$S/eval-$tag-ind/metrics.json" $APPLE evaluate-ind --cohort "$M" \
             --ind "$S/$tag-ind" --split test --out "$S/eval-$tag-ind" --save-masks --cached-latents
     done
