@@ -6,7 +6,10 @@ fairness metrics of the test split. Base and +APPLE come from the same
 uses each image's group model. A second table sums the wall time of every
 kind of step from ``step_seconds.tsv``.
 
-Usage: python scripts/study_tables.py WORK_FOLDER
+With ``--figure PATH`` it also draws DSC_mean and DSC_delta per model and
+method (bars: mean over seeds, whiskers: std), one column per attribute.
+
+Usage: python scripts/study_tables.py WORK_FOLDER [--figure PATH.png]
 """
 
 from __future__ import annotations
@@ -81,11 +84,52 @@ def times_table(work: Path) -> str:
     return "\n".join(lines)
 
 
+def plot_study(work: Path, path: Path) -> None:
+    """Draw DSC_mean and DSC_delta bars (mean over seeds, std whiskers) for every model and method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = (("dsc_mean", "DSC_mean (higher is better)"), ("dsc_delta", "DSC_delta (lower is fairer)"))
+    figure, axes = plt.subplots(len(metrics), len(ATTRIBUTES), figsize=(11, 7), squeeze=False)
+    width = 0.8 / len(METHODS)
+    for column, attribute in enumerate(ATTRIBUTES):
+        for row, (key, title) in enumerate(metrics):
+            axis = axes[row][column]
+            for number, (label, suffix, result_key) in enumerate(METHODS):
+                means, stds, positions = [], [], []
+                for position, backbone in enumerate(BACKBONES):
+                    results = collect(work, backbone, attribute, suffix, result_key)
+                    summary = aggregate_seeds(results).get(key) if results else None
+                    if summary is None or summary.mean is None:
+                        continue
+                    positions.append(position + (number - (len(METHODS) - 1) / 2) * width)
+                    means.append(summary.mean)
+                    stds.append(summary.std or 0.0)
+                axis.bar(positions, means, width, yerr=stds, capsize=3, label=label)
+            axis.set_xticks(range(len(BACKBONES)), list(BACKBONES.values()))
+            axis.set_title(f"{title}, by {attribute}", fontsize=10)
+    axes[0][0].legend(fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".partial.png")
+    figure.savefig(temporary, dpi=110)
+    plt.close(figure)
+    temporary.replace(path)
+
+
 def main(argv: list[str]) -> int:
+    figure = None
+    if len(argv) == 3 and argv[1] == "--figure":
+        figure = Path(argv[2])
+        argv = argv[:1]
     if len(argv) != 1 or not Path(argv[0]).is_dir():
         print(__doc__.strip().splitlines()[-1], file=sys.stderr)
         return 2
     work = Path(argv[0])
+    if figure is not None:
+        plot_study(work, figure)
     for attribute in ATTRIBUTES:
         print(f"### {attribute}\n\n{fairness_table(work, attribute)}\n")
     if (work / "step_seconds.tsv").is_file():

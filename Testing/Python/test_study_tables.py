@@ -69,3 +69,13 @@ def test_step_times_grouped_without_seed(study_tables, study):
 def test_main_rejects_missing_folder(study_tables, tmp_path, capsys):
     assert study_tables.main([str(tmp_path / "absent")]) == 2
     assert "Usage" in capsys.readouterr().err
+
+
+def test_figure_written(study_tables, study, tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "figures" / "study.png"
+    assert study_tables.main([str(study), "--figure", str(path)]) == 0
+    with Image.open(path) as image:
+        assert image.size[0] > 600
+    assert not list(path.parent.glob("*.partial.png"))
