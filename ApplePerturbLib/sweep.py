@@ -39,7 +39,7 @@ from ApplePerturbLib.backbones.base import Backbone
 from ApplePerturbLib.cohort import CohortRecord, group_counts, group_names, group_of, read_manifest, require_groups
 from ApplePerturbLib.errors import InvalidInputError, TrainingInterrupted
 from ApplePerturbLib.imageio import atomic_output
-from ApplePerturbLib.latents import encode_cohort, group_indices
+from ApplePerturbLib.latents import LatentCache, encode_cohort, group_indices
 from ApplePerturbLib.metrics import dice_score, fairness_metrics
 from ApplePerturbLib.progress import Reporter
 
@@ -66,15 +66,17 @@ def run_folder(out: Path, beta: float, seed: int) -> Path:
 def sweep_beta(manifest: Path, backbone_name: str, checkpoint: Path | None, attribute: str, out: Path,
                betas: Sequence[float], seeds: Sequence[int], config: TrainingConfig, split: CohortSplit,
                reporter: Reporter, max_images: int | None = None, cache_folder: Path | None = None,
-               device: str = "auto", should_stop: Callable[[], bool] | None = None) -> list[dict]:
+               device: str = "auto", should_stop: Callable[[], bool] | None = None,
+               cached_evaluation: bool = False) -> list[dict]:
     """Train and evaluate one perturber per (beta, seed); returns the rows written to ``out/sweep.csv``.
 
-    ``config`` gives every setting but beta and seed. Runs already evaluated
+    ``config`` gives every setting but beta and seed. With ``cached_evaluation``
+    the test images' latents also come from the cache under ``cache_folder``. Runs already evaluated
     in ``out`` are reused when their backbone, attribute, alpha, epochs and
     split match. Otherwise ``InvalidInputError`` names the differing settings.
     """
     from ApplePerturbLib.evaluate import write_evaluation
-    from ApplePerturbLib.workflows import select_device
+    from ApplePerturbLib.workflows import latent_cache, select_device
 
     runs = [(beta, seed) for beta in _unique(_checked_betas(betas)) for seed in _unique(seeds)]
     started = time.perf_counter()
@@ -89,8 +91,9 @@ def sweep_beta(manifest: Path, backbone_name: str, checkpoint: Path | None, attr
         perturbers = _train_pending(backbone, records, attribute, out, pending, config, split, reporter,
                                     max_images, cache_folder, Path(manifest).name, expected, should_stop)
         test = split.select(records, "test")
+        cache = latent_cache(backbone, cache_folder) if cached_evaluation else None
         evaluations = evaluate_perturbers(backbone, perturbers, test, attribute, split.age_threshold,
-                                          reporter, should_stop)
+                                          reporter, should_stop, cache)
         for run, (results, metrics, latents) in evaluations.items():
             metrics.update({
                 "attribute": attribute, "split": "test", "split_settings": asdict(split), "backbone": backbone.name,
@@ -155,11 +158,11 @@ def _encode(backbone, records, cache_folder, reporter, should_stop) -> list:
 @torch.no_grad()
 def evaluate_perturbers(backbone: Backbone, perturbers: dict, records: Sequence[CohortRecord], attribute: str,
                         age_threshold: float, reporter: Reporter | None = None,
-                        should_stop: Callable[[], bool] | None = None) -> dict:
+                        should_stop: Callable[[], bool] | None = None, cache: LatentCache | None = None) -> dict:
     """Evaluate several perturbers on the same records, encoding each image once.
 
     Each image goes through ``evaluate.segment_record`` once with every
-    perturber. Returns {key: (per-image results, metrics {"base", "apple",
+    perturber (with ``cache``, from the float16 latent cache). Returns {key: (per-image results, metrics {"base", "apple",
     "skipped_empty_masks"}, pooled latents {"f_o", "f_p"})}, the arguments
     of ``evaluate.write_evaluation``.
     """
@@ -171,7 +174,7 @@ def evaluate_perturbers(backbone: Backbone, perturbers: dict, records: Sequence[
     for number, record in enumerate(records, start=1):
         if should_stop is not None and should_stop():
             raise TrainingInterrupted("stopped while evaluating the sweep")
-        output = segment_record(backbone, list(perturbers.values()), record)
+        output = segment_record(backbone, list(perturbers.values()), record, cache=cache)
         if output is None:
             skipped += 1
             continue
@@ -316,6 +319,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--max-images", type=int, help="train on a seeded random subset of this many images")
     parser.add_argument("--cache", type=Path, help="latent cache folder (default $APPLE_PERTURB_CACHE or ~/.cache/apple-perturb)")
     parser.add_argument("--no-cache", action="store_true", help="keep latents in memory only")
+    parser.add_argument("--cached-latents", action="store_true",
+                        help="evaluate from the cached float16 latents too, skipping the encoder for test images "
+                             "seen before; Dice can differ from an uncached run by float16 rounding")
     _add_model_options(parser)
     _add_split_options(parser)
     _add_progress_option(parser)
@@ -328,9 +334,12 @@ def run_sweep_beta(args, reporter, should_stop) -> None:
     config = TrainingConfig(epochs=args.epochs, alpha=args.alpha, batch_size=args.batch_size,
                             lr_generator=args.lr, lr_discriminator=args.lr, seed=args.seeds[0])
     split = CohortSplit(args.split_by, args.test_fraction, args.split_seed, args.age_threshold)
+    if args.no_cache and args.cached_latents:
+        raise InvalidInputError("--cached-latents needs the latent cache; drop --no-cache.")
     cache = None if args.no_cache else (args.cache or default_cache_folder())
     rows = sweep_beta(args.cohort, args.backbone, args.checkpoint, args.attribute, args.out, args.betas, args.seeds,
-                      config, split, reporter, args.max_images, cache, args.device, should_stop)
+                      config, split, reporter, args.max_images, cache, args.device, should_stop,
+                      args.cached_latents)
     if args.progress != "jsonl":
         print(f"{'beta':>8} {'seed':>4} {'Dice base':>9} {'Dice APPLE':>10} {'delta base':>10} {'delta APPLE':>11}")
         for row in rows:

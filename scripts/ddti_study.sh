@@ -92,6 +92,9 @@ done
 step "unet-sweep-beta-sex" "$WORK/sweep-unet-sex/sweep.csv" $APPLE sweep-beta --cohort "$M" --backbone unet \
     --checkpoint "$WORK/seed$first/unet-base.safetensors" --attribute sex --epochs "$SWEEP_EPOCHS" \
     --seeds $SWEEP_SEEDS --out "$WORK/sweep-unet-sex"
+step "litemedsam-sweep-beta-sex" "$WORK/sweep-litemedsam-sex/sweep.csv" $APPLE sweep-beta --cohort "$M" \
+    --backbone litemedsam --attribute sex --epochs "$LITE_EPOCHS" --seeds $SWEEP_SEEDS --cached-latents \
+    --out "$WORK/sweep-litemedsam-sex"
 
 # One report of the first seed: every APPLE and InD evaluation against its base model.
 evaluations=()

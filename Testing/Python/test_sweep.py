@@ -175,3 +175,23 @@ def test_sweep_cli(setup, tmp_path, capsys):
     assert "sweep.png" in printed
     assert len(_read_csv(tmp_path / "s" / "sweep.csv")) == 2
     assert len(list((tmp_path / "cache" / "latents").glob("*.safetensors"))) == setup["train"]
+
+
+def test_sweep_cached_evaluation_skips_encoder(setup, tmp_path, encode_calls):
+    cache = tmp_path / "cache"
+    sweep_beta(setup["manifest"], "unet", setup["checkpoint"], "sex", tmp_path / "first", [1.0], (0,), CONFIG, SPLIT,
+               Reporter(), cache_folder=cache, device="cpu", cached_evaluation=True)
+    assert sum(encode_calls) == setup["images"]
+    encode_calls.clear()
+    rows = sweep_beta(setup["manifest"], "unet", setup["checkpoint"], "sex", tmp_path / "second", [1.0], (0,),
+                      CONFIG, SPLIT, Reporter(), cache_folder=cache, device="cpu", cached_evaluation=True)
+    assert encode_calls == []
+    assert rows[0]["apple_dsc_overall"] is not None
+
+
+def test_sweep_cached_latents_need_cache(setup, tmp_path, capsys):
+    code = cli.main(["sweep-beta", "--cohort", str(setup["manifest"]), "--backbone", "unet", "--checkpoint",
+                     str(setup["checkpoint"]), "--attribute", "sex", "--out", str(tmp_path / "s"), "--no-cache",
+                     "--cached-latents", "--progress", "none"])
+    assert code == 1
+    assert "--cached-latents needs the latent cache" in capsys.readouterr().err
