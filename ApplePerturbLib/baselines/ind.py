@@ -315,6 +315,7 @@ def evaluate_ind(manifest: Path, ind_dir: Path, split_name: str, out: Path, repo
 
     metrics = _ind_metrics(results, index, split, split_name, skipped, models)
     metrics.update({"backbone": base.name, "ind": str(ind_dir), "cohort_manifest": Path(manifest).name,
+                    "latents": "computed" if cache is None else "float16 cache",
                     "seconds": round(time.perf_counter() - started, 1)})
     write_evaluation(out, results, metrics, {"f_o": np.stack(pooled)})
     reporter.event("done", metrics=str(out / "metrics.json"))

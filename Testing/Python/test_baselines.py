@@ -428,6 +428,8 @@ def test_evaluate_ind_cached_matches_computed(decoder_ind_run, cohort, tmp_path)
                          "--device", "cpu", "--progress", "none", *extra]) == 0
         results[name] = json.loads((out / "metrics.json").read_text())
     assert any((tmp_path / "cache" / "latents").iterdir())
+    assert results["computed"]["latents"] == "computed"
+    assert results["cached"]["latents"] == "float16 cache"
     for condition in ("base", "apple"):
         computed, cached = results["computed"][condition], results["cached"][condition]
         assert cached["n_images"] == computed["n_images"]
