@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 BASE_LOSSES = ("dice_ce", "febs")
 
 
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 32, 1024
+
+
 @dataclass
 class BaseTrainingConfig:
     """Base-model training settings.
@@ -57,9 +60,9 @@ class BaseTrainingConfig:
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
             raise InvalidInputError(f"--epochs {self.epochs} and --batch-size {self.batch_size} must be 1 or more "
                                     f"and --lr {self.learning_rate} above 0.")
-        if self.input_size < 32 or self.input_size % 16:
-            raise InvalidInputError(f"--input-size {self.input_size} is not a multiple of 16 of at least 32; "
-                                    "use e.g. 128 (fast) or 256 (default).")
+        if not MIN_INPUT_SIZE <= self.input_size <= MAX_INPUT_SIZE or self.input_size % 16:
+            raise InvalidInputError(f"--input-size {self.input_size} is not a multiple of 16 from {MIN_INPUT_SIZE} "
+                                    f"to {MAX_INPUT_SIZE}; use e.g. 128 (fast) or 256 (default).")
 
 
 def load_training_arrays(backbone: Backbone, records: Sequence[CohortRecord]) -> tuple[torch.Tensor, torch.Tensor]:

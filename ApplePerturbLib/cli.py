@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--febs-gamma", type=float, default=1.0, help="FEBS exponent gamma (default 1)")
     base.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
     base.add_argument("--input-size", type=int, default=256,
-                      help="side of the square network input in pixels, a multiple of 16 (default 256; 128 trains 4x faster)")
+                      help="side of the square network input in pixels, a multiple of 16 from 32 to 1024 "
+                           "(default 256; 128 trains about 4x faster)")
     base.add_argument("--batch-size", type=int, default=8, help="images per step (default 8)")
     base.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     base.add_argument("--seed", type=int, default=0, help="seed (default 0)")
@@ -162,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
 
             args.cohort = resolve_cohort(args.cohort, getattr(args, "cache", None))
         commands.run(args, reporter, stop)
+    except KeyboardInterrupt:
+        reporter.close()
+        reporter.event("error", message="interrupted (Ctrl-C); no output file written")
+        print("apple-perturb: interrupted (Ctrl-C); no output file written", file=sys.stderr)
+        return 130
     except TrainingInterrupted as error:
         reporter.close()
         reporter.event("error", message=f"cancelled: {error}; no output file written")

@@ -98,8 +98,8 @@ def load_mask_decoder(path: str | Path, backbone: Backbone) -> dict:
     if metadata.get("backbone") != backbone.name or metadata.get("backbone_sha256") != backbone.weights_sha256:
         raise CheckpointError(
             f"{path} was fine-tuned from {metadata.get('backbone')} weights {str(metadata.get('backbone_sha256'))[:12]}, "
-            f"not from the loaded {backbone.name} weights {backbone.weights_sha256[:12]}; pass the same --checkpoint "
-            "as train-ind, or rerun train-ind.")
+            f"not from the loaded {backbone.name} weights {backbone.weights_sha256[:12]}; use the weights it was "
+            "fine-tuned from, or rerun train-ind.")
     try:
         backbone.mask_decoder.load_state_dict(load_file(str(path)))
     except RuntimeError as error:

@@ -35,9 +35,10 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict
+from contextlib import contextmanager
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
@@ -47,7 +48,7 @@ from ApplePerturbLib.base_training import BaseTrainingConfig, load_training_arra
 from ApplePerturbLib.baselines.decoder_ind import (PROMPTABLE_BACKBONES, fine_tune_mask_decoder, load_mask_decoder,
                                                    save_mask_decoder)
 from ApplePerturbLib.cohort import group_names, group_of, read_manifest, require_groups
-from ApplePerturbLib.errors import CheckpointError, TrainingInterrupted
+from ApplePerturbLib.errors import CheckpointError, InvalidInputError, TrainingInterrupted
 from ApplePerturbLib.imageio import atomic_output, write_mask
 from ApplePerturbLib.metrics import dice_score, fairness_metrics
 from ApplePerturbLib.progress import Reporter
@@ -87,14 +88,41 @@ def base_model_split(backbone: Backbone) -> CohortSplit:
         raise CheckpointError(f"the base model's split settings {stored} are invalid ({error}).") from error
 
 
+@contextmanager
+def _staged_folder(out_dir: Path, should_stop: Callable[[], bool] | None) -> Iterator[Path]:
+    """Yield an empty sibling folder to write into; it replaces ``out_dir`` only when the block succeeds.
+
+    An interrupted or failed run leaves ``out_dir`` as it was, so a finished
+    InD folder is never half overwritten.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InvalidInputError(f"--out {out_dir} is a file; give a folder for the InD models.")
+    staging = out_dir.with_name(f".{out_dir.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        if should_stop is not None and should_stop():
+            raise TrainingInterrupted("stopped before saving")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    previous = out_dir.with_name(f".{out_dir.name}.previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    if out_dir.exists():
+        out_dir.rename(previous)
+    staging.rename(out_dir)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
 def train_ind(manifest: Path, base_path: Path, attribute: str, out_dir: Path, config: BaseTrainingConfig,
               reporter: Reporter, device: str = "auto", max_images: int | None = None,
               should_stop: Callable[[], bool] | None = None) -> dict:
     """Fine-tune a copy of the base model on each group's training images; returns the index written.
 
     The train split is the base model's own, so no group model is trained on a test case.
-    ``ind.json`` is written last, so an interrupted run leaves no index and
-    ``evaluate-ind`` rejects the folder.
+    The folder is written beside ``out_dir`` and replaces it at the end, so
+    an interrupted run leaves an earlier ``out_dir`` untouched.
 
     Raises:
         InvalidInputError: the training split has images of fewer than 2 groups.
@@ -106,33 +134,35 @@ def train_ind(manifest: Path, base_path: Path, attribute: str, out_dir: Path, co
     torch_device = select_device(device)
     base = load_trained_backbone(base_path, torch_device)
     split = base_model_split(base)
+    config = replace(config, input_size=base.input_size)
     records = limit_images(split.select(read_manifest(manifest), "train"), max_images, config.seed)
     counts = require_groups(records, attribute, split.age_threshold, where="training split")
     names = group_names(attribute, split.age_threshold)
     reporter.event("start", command="train-ind", backbone=base.name, attribute=attribute, groups=names,
                    images=len(records), epochs=config.epochs)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out_dir / BASE_FILE) as temporary:
-        shutil.copyfile(base_path, temporary)
-    groups = {}
-    for name in names:
-        group_records = [r for r in records if group_of(r, attribute, split.age_threshold) == name]
-        if not group_records:
-            logger.warning("No training image of group %s; its images will use the base model.", name)
-            continue
-        groups[name] = _fine_tune_group(base_path, name, group_records, out_dir, config, split, reporter,
-                                        torch_device, should_stop)
+    with _staged_folder(out_dir, should_stop) as folder:
+        shutil.copyfile(base_path, folder / BASE_FILE)
+        groups = {}
+        for name in names:
+            group_records = [r for r in records if group_of(r, attribute, split.age_threshold) == name]
+            if not group_records:
+                logger.warning("No training image of group %s; its images will use the base model.", name)
+                continue
+            groups[name] = _fine_tune_group(base_path, name, group_records, folder, config, split, reporter,
+                                            torch_device, should_stop)
 
-    index = {
-        "format": IND_FORMAT, "format_version": IND_FORMAT_VERSION, "architecture": base.name,
-        "attribute": attribute, "group_names": names, "groups": groups,
-        "base": {"file": BASE_FILE, "sha256": file_sha256(out_dir / BASE_FILE), "source": Path(base_path).name},
-        "split": asdict(split), "training": asdict(config), "cohort_manifest": Path(manifest).name,
-        "train_group_counts": counts, "training_seconds": round(time.perf_counter() - started, 1),
-        "note": IND_NOTE,
-    }
-    return _write_index(out_dir, index, reporter)
+        index = {
+            "format": IND_FORMAT, "format_version": IND_FORMAT_VERSION, "architecture": base.name,
+            "attribute": attribute, "group_names": names, "groups": groups,
+            "base": {"file": BASE_FILE, "sha256": file_sha256(folder / BASE_FILE), "source": Path(base_path).name},
+            "split": asdict(split), "training": asdict(config), "cohort_manifest": Path(manifest).name,
+            "train_group_counts": counts, "training_seconds": round(time.perf_counter() - started, 1),
+            "note": IND_NOTE,
+        }
+        _write_index(folder, index)
+    reporter.event("done", checkpoint=str(out_dir / INDEX_NAME), seconds=index["training_seconds"])
+    return index
 
 
 def train_ind_decoders(manifest: Path, backbone_name: str, checkpoint: Path | None, attribute: str, out_dir: Path,
@@ -149,6 +179,7 @@ def train_ind_decoders(manifest: Path, backbone_name: str, checkpoint: Path | No
 
     started = time.perf_counter()
     backbone = build_backbone(backbone_name, checkpoint, select_device(device))
+    config = replace(config, input_size=backbone.input_size)
     records = limit_images(split.select(read_manifest(manifest), "train"), max_images, config.seed)
     counts = require_groups(records, attribute, split.age_threshold, where="training split")
     names = group_names(attribute, split.age_threshold)
@@ -156,45 +187,45 @@ def train_ind_decoders(manifest: Path, backbone_name: str, checkpoint: Path | No
                    images=len(records), epochs=config.epochs)
     samples = encode_cohort(backbone, records, cache_folder, reporter, should_stop)
     original = copy.deepcopy(backbone.mask_decoder.state_dict())
-    out_dir.mkdir(parents=True, exist_ok=True)
-    groups = {}
-    for name in names:
-        group_samples = [s for s in samples if group_of(s.record, attribute, split.age_threshold) == name]
-        if not group_samples:
-            logger.warning("No training image of group %s; its images will use the base model.", name)
-            continue
-        backbone.mask_decoder.load_state_dict(original)
+    with _staged_folder(out_dir, should_stop) as folder:
+        groups = {}
+        for name in names:
+            group_samples = [s for s in samples if group_of(s.record, attribute, split.age_threshold) == name]
+            if not group_samples:
+                logger.warning("No training image of group %s; its images will use the base model.", name)
+                continue
+            backbone.mask_decoder.load_state_dict(original)
 
-        def on_epoch(epoch, loss, dsc, name=name):
-            reporter.event("epoch", group=name, epoch=epoch, epochs=config.epochs, loss=loss, dsc=dsc)
+            def on_epoch(epoch, loss, dsc, name=name):
+                reporter.event("epoch", group=name, epoch=epoch, epochs=config.epochs, loss=loss, dsc=dsc)
 
-        history = fine_tune_mask_decoder(backbone, group_samples, config, on_epoch, should_stop)
-        path = out_dir / group_file_name(name)
-        save_mask_decoder(path, backbone, {"training": asdict(config), "split": asdict(split), "ind_group": name,
-                                           "train_images": len(group_samples), "final_loss": history[-1]["loss"],
-                                           "final_dsc": history[-1]["dsc"]})
-        groups[name] = {"file": path.name, "sha256": file_sha256(path), "train_images": len(group_samples),
-                        "final_dsc": history[-1]["dsc"]}
+            history = fine_tune_mask_decoder(backbone, group_samples, config, on_epoch, should_stop)
+            path = folder / group_file_name(name)
+            save_mask_decoder(path, backbone, {"training": asdict(config), "split": asdict(split),
+                                               "ind_group": name, "train_images": len(group_samples),
+                                               "final_loss": history[-1]["loss"], "final_dsc": history[-1]["dsc"]})
+            groups[name] = {"file": path.name, "sha256": file_sha256(path), "train_images": len(group_samples),
+                            "final_dsc": history[-1]["dsc"]}
 
-    index = {
-        "format": IND_FORMAT, "format_version": IND_FORMAT_VERSION, "architecture": backbone.name,
-        "attribute": attribute, "group_names": names, "groups": groups,
-        "base": {"file": None, "checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()),
-                 "sha256": backbone.weights_sha256, "source": "shipped weights" if checkpoint is None
-                 else Path(checkpoint).name},
-        "fine_tuned": "mask decoder", "split": asdict(split), "training": asdict(config),
-        "cohort_manifest": Path(manifest).name, "train_group_counts": counts,
-        "training_seconds": round(time.perf_counter() - started, 1), "note": IND_NOTE,
-    }
-    return _write_index(out_dir, index, reporter)
-
-
-def _write_index(out_dir: Path, index: dict, reporter: Reporter) -> dict:
-    """Write ind.json last and atomically: a folder without it is an unfinished run."""
-    with atomic_output(out_dir / INDEX_NAME) as temporary:
-        temporary.write_text(json.dumps(index, indent=2), encoding="utf-8")
+        index = {
+            "format": IND_FORMAT, "format_version": IND_FORMAT_VERSION, "architecture": backbone.name,
+            "attribute": attribute, "group_names": names, "groups": groups,
+            "base": {"file": None, "checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()),
+                     "sha256": backbone.weights_sha256, "source": "shipped weights" if checkpoint is None
+                     else Path(checkpoint).name},
+            "fine_tuned": "mask decoder", "split": asdict(split), "training": asdict(config),
+            "cohort_manifest": Path(manifest).name, "train_group_counts": counts,
+            "training_seconds": round(time.perf_counter() - started, 1), "note": IND_NOTE,
+        }
+        _write_index(folder, index)
     reporter.event("done", checkpoint=str(out_dir / INDEX_NAME), seconds=index["training_seconds"])
     return index
+
+
+def _write_index(folder: Path, index: dict) -> None:
+    """Write ind.json last and atomically: a folder without it is an unfinished run."""
+    with atomic_output(folder / INDEX_NAME) as temporary:
+        temporary.write_text(json.dumps(index, indent=2), encoding="utf-8")
 
 
 def _fine_tune_group(base_path, name, records, out_dir, config, split, reporter, device, should_stop) -> dict:
@@ -227,11 +258,27 @@ def read_ind_index(ind_dir: Path) -> dict:
         raise CheckpointError(f"{path} is not readable JSON ({error}); rerun 'apple-perturb train-ind'.") from error
     if not isinstance(index, dict) or index.get("format") != IND_FORMAT:
         raise CheckpointError(f"{path} is not an InD index (format '{IND_FORMAT}'); rerun 'apple-perturb train-ind'.")
+    if index.get("format_version") != IND_FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format version {index.get('format_version')}, this version reads "
+                              f"{IND_FORMAT_VERSION}; rerun 'apple-perturb train-ind'.")
     return index
+
+
+def _check_group_metadata(path: Path, metadata: dict, name: str, index: dict) -> None:
+    """Reject a group model whose own metadata disagrees with its ``ind.json`` entry."""
+    if metadata.get("ind_group") != name:
+        raise CheckpointError(f"{path} was fine-tuned for group {metadata.get('ind_group')!r}, but {INDEX_NAME} "
+                              f"lists it for group {name!r}; rerun 'apple-perturb train-ind'.")
+    if metadata.get("split") != index.get("split"):
+        raise CheckpointError(f"{path} was fine-tuned on the split {metadata.get('split')}, but {INDEX_NAME} gives "
+                              f"{index.get('split')}; rerun 'apple-perturb train-ind'.")
 
 
 def _load_checked(ind_dir: Path, entry: dict, device) -> Backbone:
     """Load one model of the InD folder, rejecting a file whose SHA-256 differs from the index."""
+    if not entry.get("file"):
+        raise CheckpointError(f"{Path(ind_dir) / INDEX_NAME} names no model file for a {entry}; "
+                              "rerun 'apple-perturb train-ind'.")
     path = Path(ind_dir) / entry["file"]
     model = load_trained_backbone(path, device)
     if model.weights_sha256 != entry["sha256"]:
@@ -242,9 +289,19 @@ def _load_checked(ind_dir: Path, entry: dict, device) -> Backbone:
 
 def _load_models(ind_dir: Path, index: dict, device) -> tuple[Backbone, dict[str, Backbone]]:
     """Return the base model and one model per group, each checked against the SHA-256 in the index."""
+    split = index.get("split") or {}
+    expected = group_names(index.get("attribute", ""), split.get("age_threshold", 50.0))
+    unknown = sorted(set(index.get("groups", {})) - set(expected))
+    if unknown or not index.get("groups"):
+        raise CheckpointError(f"{ind_dir / INDEX_NAME} lists groups {sorted(index.get('groups', {}))} for attribute "
+                              f"{index.get('attribute')!r} (expected some of {expected}); rerun 'apple-perturb train-ind'.")
     if index.get("architecture") not in PROMPTABLE_BACKBONES:
         base = _load_checked(ind_dir, index["base"], device)
-        return base, {name: _load_checked(ind_dir, entry, device) for name, entry in index["groups"].items()}
+        models = {}
+        for name, entry in index["groups"].items():
+            models[name] = _load_checked(ind_dir, entry, device)
+            _check_group_metadata(ind_dir / entry["file"], models[name].training_metadata, name, index)
+        return base, models
     entry = index["base"]
     base = build_backbone(index["architecture"], entry.get("checkpoint"), device)
     if base.weights_sha256 != entry["sha256"]:
@@ -257,7 +314,7 @@ def _load_models(ind_dir: Path, index: dict, device) -> tuple[Backbone, dict[str
             raise CheckpointError(f"{path} changed since 'apple-perturb train-ind' wrote it (SHA-256 differs from "
                                   f"{INDEX_NAME}); rerun train-ind.")
         models[name] = copy.deepcopy(base)
-        load_mask_decoder(path, models[name])
+        _check_group_metadata(path, load_mask_decoder(path, models[name]), name, index)
     return base, models
 
 
@@ -342,12 +399,14 @@ def _ind_metrics(results, index, split, split_name, skipped, models) -> dict:
 
 def add_parser(subparsers) -> None:
     """Add ``train-ind`` and ``evaluate-ind`` to the ``apple-perturb`` subcommands."""
+    from ApplePerturbLib.cli import _add_split_options
     from ApplePerturbLib.commands import add_cached_latent_options
 
     train = subparsers.add_parser("train-ind", help="InD baseline: fine-tune one copy of a base model per group")
     train.add_argument("--cohort", type=Path, required=True, help="cohort manifest CSV, or a DDTI folder (N.xml + N_k.jpg) to import first")
     model = train.add_mutually_exclusive_group(required=True)
-    model.add_argument("--base", type=Path, help="U-Net or TransUNet file written by train-base")
+    model.add_argument("--base", type=Path, help="U-Net or TransUNet file written by train-base (its own "
+                                                 "train/test split is used; the split options apply to --backbone)")
     model.add_argument("--backbone", choices=PROMPTABLE_BACKBONES,
                        help="promptable backbone whose mask decoder is fine-tuned per group (encoders frozen)")
     train.add_argument("--checkpoint", type=Path,
@@ -361,6 +420,7 @@ def add_parser(subparsers) -> None:
     train.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
     train.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     train.add_argument("--max-images", type=int, help="fine-tune on a seeded random subset of this many images")
+    _add_split_options(train)
     _add_common(train)
     train.set_defaults(handler=run_train_ind)
 
@@ -382,19 +442,21 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def run_train_ind(args, reporter, should_stop) -> None:
-    from ApplePerturbLib.errors import InvalidInputError
     from ApplePerturbLib.workflows import CohortSplit, default_cache_folder
 
     config = BaseTrainingConfig(args.epochs, args.batch_size, args.lr, args.seed)
     config.validate()
+    if args.out.exists() and not args.out.is_dir():
+        raise InvalidInputError(f"--out {args.out} is a file; give a folder for the InD models.")
     if args.base is not None:
         if args.checkpoint is not None:
             raise InvalidInputError("--checkpoint goes with --backbone; with --base the base model file is the model.")
         index = train_ind(args.cohort, args.base, args.attribute, args.out, config, reporter, args.device,
                           args.max_images, should_stop)
     else:
+        split = CohortSplit(args.split_by, args.test_fraction, args.split_seed, args.age_threshold)
         index = train_ind_decoders(args.cohort, args.backbone, args.checkpoint, args.attribute, args.out, config,
-                                   CohortSplit(), reporter, args.device, args.max_images,
+                                   split, reporter, args.device, args.max_images,
                                    args.cache or default_cache_folder(), should_stop)
     if args.progress != "jsonl":
         trained = ", ".join(f"{name} ({entry['train_images']} images)" for name, entry in index["groups"].items())
@@ -403,14 +465,16 @@ def run_train_ind(args, reporter, should_stop) -> None:
 
 
 def run_evaluate_ind(args, reporter, should_stop) -> None:
+    from ApplePerturbLib.commands import cached_latent_folder
     from ApplePerturbLib.metrics import format_comparison_table
 
-    from ApplePerturbLib.commands import cached_latent_folder
-
+    if args.out.exists() and not args.out.is_dir():
+        raise InvalidInputError(f"--out {args.out} is a file; give a folder for the evaluation results.")
     metrics = evaluate_ind(args.cohort, args.ind, args.split, args.out, reporter, args.device, args.save_masks,
                            should_stop, cached_latent_folder(args))
     if args.progress != "jsonl":
-        print(f"InD vs base ({metrics['backbone']}) on the {args.split} split, groups by {metrics['attribute']}:")
+        where = "all images" if args.split == "all" else f"the {args.split} split"
+        print(f"InD vs base ({metrics['backbone']}) on {where}, groups by {metrics['attribute']}:")
         print(format_comparison_table(metrics["base"], metrics["apple"], labels=("base", "InD")))
         print(f"NOTE: {IND_NOTE} ({metrics['images_by_model']['base']} such images here)")
-        print(f"wrote {args.out / 'per_image.csv'} and {args.out / 'metrics.json'}")
+        print(f"wrote {args.out / 'per_image.csv'}, {args.out / 'metrics.json'} and {args.out / 'latents.npz'}")

@@ -17,9 +17,11 @@ from ApplePerturbLib.backbones.unet import UNetBackbone, save_unet
 from ApplePerturbLib.baselines.febs import (febs_segmentation_loss, group_scaling_factors, image_scaling_factors,
                                             soft_dice_loss)
 from ApplePerturbLib.baselines.decoder_ind import load_mask_decoder
-from ApplePerturbLib.baselines.ind import INDEX_NAME, group_file_name
+from ApplePerturbLib.baselines.ind import INDEX_NAME, group_file_name, train_ind
+from ApplePerturbLib.base_training import BaseTrainingConfig
+from ApplePerturbLib.progress import Reporter
 from ApplePerturbLib.cohort import group_of, read_manifest, write_manifest
-from ApplePerturbLib.errors import CheckpointError, InvalidInputError
+from ApplePerturbLib.errors import CheckpointError, InvalidInputError, TrainingInterrupted
 from ApplePerturbLib.evaluate import segment_record
 from ApplePerturbLib.metrics import dice_score
 from ApplePerturbLib.synthetic import make_synthetic_cohort
@@ -434,3 +436,78 @@ def test_evaluate_ind_cached_matches_computed(decoder_ind_run, cohort, tmp_path)
         computed, cached = results["computed"][condition], results["cached"][condition]
         assert cached["n_images"] == computed["n_images"]
         assert cached["dsc_overall"] == pytest.approx(computed["dsc_overall"], abs=5e-3)
+
+
+def _edited_copy(folder: Path, tmp_path: Path, edit) -> Path:
+    import shutil
+
+    copy = tmp_path / "ind"
+    shutil.copytree(folder, copy)
+    index = json.loads((copy / INDEX_NAME).read_text())
+    edit(index)
+    (copy / INDEX_NAME).write_text(json.dumps(index))
+    return copy
+
+
+def _swap_groups(index):
+    index["groups"]["female"], index["groups"]["male"] = index["groups"]["male"], index["groups"]["female"]
+
+
+def _other_split(index):
+    index["split"]["split_seed"] = 5
+
+
+def _other_attribute(index):
+    index["attribute"] = "age"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_swap_groups, "lists it for group"),
+    (_other_split, "fine-tuned on the split"),
+    (_other_attribute, "lists groups"),
+])
+@pytest.mark.parametrize("run", ["ind_run", "decoder_ind_run"])
+def test_evaluate_ind_rejects_edited_index(request, run, edit, message, cohort, tmp_path, capsys):
+    folder = request.getfixturevalue(run)
+    folder = folder["folder"] if isinstance(folder, dict) else folder
+    manifest = request.getfixturevalue("ind_run")["manifest"] if run == "ind_run" else cohort
+    copy = _edited_copy(folder, tmp_path, edit)
+    code = cli.main(["evaluate-ind", "--cohort", str(manifest), "--ind", str(copy), "--out", str(tmp_path / "eval"),
+                     "--device", "cpu", "--progress", "none"])
+    assert code == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+def test_interrupted_rerun_keeps_finished_folder(ind_run, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "ind"
+    shutil.copytree(ind_run["folder"], folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    polls = []
+
+    def stop_after_some_batches():
+        polls.append(1)
+        return len(polls) > 2
+
+    with pytest.raises(TrainingInterrupted):
+        train_ind(ind_run["manifest"], ind_run["base"], "sex", folder, BaseTrainingConfig(epochs=2), Reporter(),
+                  device="cpu", should_stop=stop_after_some_batches)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ind"]
+
+
+def test_train_ind_out_is_a_file(ind_run, tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.write_text("keep me")
+    code = cli.main(["train-ind", "--cohort", str(ind_run["manifest"]), "--base", str(ind_run["base"]),
+                     "--attribute", "sex", "--out", str(out), "--progress", "none"])
+    assert code == 1
+    assert "is a file" in capsys.readouterr().err
+    assert out.read_text() == "keep me"
+
+
+def test_ind_records_model_input_size(ind_run):
+    index = json.loads((ind_run["folder"] / INDEX_NAME).read_text())
+    assert index["training"]["input_size"] == 64

@@ -306,3 +306,15 @@ def test_evaluate_with_cached_latents(synthetic_manifest, trained, tmp_path):
     for condition in ("base", "apple"):
         assert runs[1][condition]["dsc_overall"] == runs[0][condition]["dsc_overall"]
         assert runs[0][condition]["dsc_overall"] == pytest.approx(exact[condition]["dsc_overall"], abs=5e-3)
+
+
+def test_ctrl_c_exits_130_with_message(synthetic_manifest, tmp_path, capsys, monkeypatch):
+    from ApplePerturbLib import commands
+
+    def interrupted(args, reporter, should_stop):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands, "run", interrupted)
+    code = main(["import-ddti", str(tmp_path), str(tmp_path / "out")])
+    assert code == 130
+    assert "interrupted (Ctrl-C)" in capsys.readouterr().err
