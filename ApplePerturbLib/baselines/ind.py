@@ -22,9 +22,10 @@ Output folder of ``train-ind``:
                             split settings, training settings and counts
 
 ``evaluate-ind`` writes the layout of ``evaluate``: per_image.csv with the
-InD Dice in the ``dice_apple`` column, and metrics.json with the InD metrics
-under "apple", next to ``"method": "ind"`` and ``"method_name": "InD"``, so
-report code treats InD as the compared method.
+InD Dice in the ``dice_apple`` column, metrics.json with the InD metrics
+under "apple", next to ``"method": "ind"`` and ``"method_name": "InD"``, and
+with ``--save-masks`` the InD masks under ``masks/apple``, so report code
+treats InD as the compared method.
 """
 
 from __future__ import annotations
@@ -365,7 +366,7 @@ def evaluate_ind(manifest: Path, ind_dir: Path, split_name: str, out: Path, repo
         pooled.append(base_output.pooled_latent)
         if save_masks:
             write_mask(out / "masks" / "base" / f"{record.image.stem}.png", base_output.base)
-            write_mask(out / "masks" / "ind" / f"{record.image.stem}.png", ind_mask)
+            write_mask(out / "masks" / "apple" / f"{record.image.stem}.png", ind_mask)
         reporter.steps("segmenting images", number, len(records))
     if not results:
         raise ValueError("no image with a non-empty ground-truth mask to evaluate; check the cohort's masks.")

@@ -511,3 +511,14 @@ def test_train_ind_out_is_a_file(ind_run, tmp_path, capsys):
 def test_ind_records_model_input_size(ind_run):
     index = json.loads((ind_run["folder"] / INDEX_NAME).read_text())
     assert index["training"]["input_size"] == 64
+
+
+def test_ind_masks_feed_downstream_errors(ind_run, tmp_path):
+    from ApplePerturbLib.analysis.radiomics_errors import compute_error_table
+
+    out = tmp_path / "eval"
+    assert cli.main(["evaluate-ind", "--cohort", str(ind_run["manifest"]), "--ind", str(ind_run["folder"]),
+                     "--out", str(out), "--save-masks", "--device", "cpu", "--progress", "none"]) == 0
+    table = compute_error_table(out, ind_run["manifest"])
+    with open(out / "per_image.csv", newline="") as stream:
+        assert table.images == [row["image"] for row in csv.DictReader(stream)]
