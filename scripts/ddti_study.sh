@@ -2,9 +2,9 @@
 # The fairness study on real thyroid ultrasound (DDTI; Pedraza et al., Proc. SPIE 9287,
 # 2015). It compares U-Net, TransUNet and LiteMedSAM, for sex and for age, each as base,
 # +APPLE, +FEBS and +InD, over several seeds. FEBS applies to the trained models only,
-# and LiteMedSAM's InD fine-tunes one mask decoder per group. A beta sweep and the
-# reports follow. Every step writes one file or folder; a step whose output exists is skipped,
-# so the study can be stopped and resumed, or run in pieces. Seeds are the outer loop:
+# and LiteMedSAM's InD fine-tunes one mask decoder per group. Two beta sweeps and a
+# report follow. Every step writes one file or folder. A step whose output exists is
+# skipped, so the study can be stopped and resumed, or run in pieces. Seeds are the outer loop:
 # after the first seed every method has one complete result. LiteMedSAM's encoder, the
 # slowest step on a CPU, runs once per image: training and evaluation share the
 # float16 latent cache.
