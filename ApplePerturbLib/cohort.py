@@ -242,8 +242,11 @@ def require_groups(
     attribute: str,
     age_threshold: float = 50.0,
     where: str = "training split",
+    method: str = "APPLE",
 ) -> dict[str, int]:
     """Check that images of at least 2 groups of ``attribute`` are present and return the group counts.
+
+    ``method`` names the method that needs the groups in the message (APPLE, FEBS, InD).
 
     Raises:
         InvalidInputError: fewer than 2 groups have images; the message
@@ -261,7 +264,7 @@ def require_groups(
         fix = "choose the attribute age, or add images of the missing group"
     raise InvalidInputError(
         f"the {where} has images of {len(present)} {attribute} group(s) ({listed_counts}); "
-        f"APPLE needs images of at least 2 groups: {fix}."
+        f"{method} needs images of at least 2 groups: {fix}."
     )
 
 

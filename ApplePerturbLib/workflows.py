@@ -196,7 +196,7 @@ def train_base_on_cohort(manifest: Path, out: Path, config, split: CohortSplit, 
     if config.loss == "febs":
         if config.febs_attribute is None:
             raise InvalidInputError("the FEBS loss needs an attribute (--attribute sex or age).")
-        require_groups(records, config.febs_attribute, split.age_threshold, where="training split")
+        require_groups(records, config.febs_attribute, split.age_threshold, where="training split", method="FEBS")
         groups = group_indices(records, config.febs_attribute, split.age_threshold)
     torch.manual_seed(config.seed)
     backbone = make_base_model(architecture, config.input_size).to(select_device(device))

@@ -137,7 +137,7 @@ def train_ind(manifest: Path, base_path: Path, attribute: str, out_dir: Path, co
     split = base_model_split(base)
     config = replace(config, input_size=base.input_size)
     records = limit_images(split.select(read_manifest(manifest), "train"), max_images, config.seed)
-    counts = require_groups(records, attribute, split.age_threshold, where="training split")
+    counts = require_groups(records, attribute, split.age_threshold, where="training split", method="InD")
     names = group_names(attribute, split.age_threshold)
     reporter.event("start", command="train-ind", backbone=base.name, attribute=attribute, groups=names,
                    images=len(records), epochs=config.epochs)
@@ -182,7 +182,7 @@ def train_ind_decoders(manifest: Path, backbone_name: str, checkpoint: Path | No
     backbone = build_backbone(backbone_name, checkpoint, select_device(device))
     config = replace(config, input_size=backbone.input_size)
     records = limit_images(split.select(read_manifest(manifest), "train"), max_images, config.seed)
-    counts = require_groups(records, attribute, split.age_threshold, where="training split")
+    counts = require_groups(records, attribute, split.age_threshold, where="training split", method="InD")
     names = group_names(attribute, split.age_threshold)
     reporter.event("start", command="train-ind", backbone=backbone.name, attribute=attribute, groups=names,
                    images=len(records), epochs=config.epochs)
@@ -304,6 +304,9 @@ def _load_models(ind_dir: Path, index: dict, device) -> tuple[Backbone, dict[str
             _check_group_metadata(ind_dir / entry["file"], models[name].training_metadata, name, index)
         return base, models
     entry = index["base"]
+    if entry.get("checkpoint") is None and index["architecture"] != "litemedsam":
+        raise CheckpointError(f"{ind_dir / INDEX_NAME} names no weights file for {index['architecture']} (only "
+                              "LiteMedSAM has shipped weights); rerun 'apple-perturb train-ind'.")
     base = build_backbone(index["architecture"], entry.get("checkpoint"), device)
     if base.weights_sha256 != entry["sha256"]:
         raise CheckpointError(f"the {index['architecture']} weights ({entry.get('checkpoint') or 'shipped weights'}) "

@@ -283,7 +283,7 @@ def test_train_ind_needs_two_groups(cohort, tmp_path, capsys):
     code = cli.main(["train-ind", "--cohort", str(manifest), "--base", str(base), "--attribute", "sex",
                      "--out", str(tmp_path / "ind"), "--epochs", "1", "--progress", "none"])
     assert code == 1
-    assert "at least 2 groups" in capsys.readouterr().err
+    assert "InD needs images of at least 2 groups" in capsys.readouterr().err
     assert not (tmp_path / "ind" / INDEX_NAME).exists()
 
 
@@ -461,6 +461,10 @@ def _other_attribute(index):
     index["attribute"] = "age"
 
 
+def _shipped_weights(index):
+    index["base"]["checkpoint"] = None
+
+
 @pytest.mark.parametrize("edit, message", [
     (_swap_groups, "lists it for group"),
     (_other_split, "fine-tuned on the split"),
@@ -477,6 +481,14 @@ def test_evaluate_ind_rejects_edited_index(request, run, edit, message, cohort, 
     assert code == 1
     assert message in capsys.readouterr().err
     assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+def test_evaluate_ind_sam_without_weights_file(decoder_ind_run, cohort, tmp_path, capsys):
+    copy = _edited_copy(decoder_ind_run, tmp_path, _shipped_weights)
+    code = cli.main(["evaluate-ind", "--cohort", str(cohort), "--ind", str(copy), "--out", str(tmp_path / "eval"),
+                     "--device", "cpu", "--progress", "none"])
+    assert code == 1
+    assert "names no weights file for sam_vit_b" in capsys.readouterr().err
 
 
 def test_interrupted_rerun_keeps_finished_folder(ind_run, tmp_path, capsys):
