@@ -42,7 +42,7 @@ def collect(work: Path, backbone: str, attribute: str, folder_suffix: str, key: 
 
 
 def fairness_table(work: Path, attribute: str) -> str:
-    """One Markdown table: rows backbone x method, columns the fairness metrics as mean (std)."""
+    """Return one Markdown table: rows backbone x method, columns the fairness metrics as mean (std)."""
     lines = ["| model | method | seeds | test images | " + " | ".join(label for _, label in COLUMNS) + " |",
              "|---" * (len(COLUMNS) + 4) + "|"]
     for backbone, name in BACKBONES.items():
@@ -59,7 +59,7 @@ def fairness_table(work: Path, attribute: str) -> str:
 
 
 def step_kind(name: str) -> str:
-    """Drop the seed and the model from a step name: "unet-sex-apple-s2" -> "sex-apple"."""
+    """Drop the seed and spell out the model of a step name: "unet-sex-apple-s2" -> "U-Net sex-apple"."""
     name = re.sub(r"-s\d+$", "", name)
     for backbone in BACKBONES:
         if name.startswith(backbone + "-"):
@@ -68,7 +68,7 @@ def step_kind(name: str) -> str:
 
 
 def times_table(work: Path) -> str:
-    """Markdown table of the total and mean wall time of each kind of step."""
+    """Return a Markdown table of the total and mean wall time of each kind of step."""
     totals: dict[str, list[int]] = defaultdict(list)
     path = work / "step_seconds.tsv"
     for line in path.read_text(encoding="utf-8").splitlines():

@@ -35,7 +35,7 @@ PROMPTABLE_BACKBONES = ("litemedsam", "medsam", "sam_vit_b", "sam_vit_l", "sam_v
 def fine_tune_mask_decoder(backbone: Backbone, samples: Sequence[LatentSample], config: BaseTrainingConfig,
                            on_epoch: Callable[[int, float, float], None] | None = None,
                            should_stop: Callable[[], bool] | None = None) -> list[dict]:
-    """Fine-tune ``backbone.mask_decoder`` in place on cached latents; returns one {loss, dsc} per epoch.
+    """Fine-tune ``backbone.mask_decoder`` in place on cached latents and return one {loss, dsc} per epoch.
 
     The encoders stay frozen. The decoder is frozen again when this returns or raises.
     """
@@ -85,7 +85,7 @@ def save_mask_decoder(path: str | Path, backbone: Backbone, metadata: dict) -> N
 
 
 def load_mask_decoder(path: str | Path, backbone: Backbone) -> dict:
-    """Load a decoder written by ``save_mask_decoder`` into ``backbone``; returns its metadata.
+    """Load a decoder written by ``save_mask_decoder`` into ``backbone`` and return its metadata.
 
     Raises:
         CheckpointError: the file is missing, is not a decoder file, or was

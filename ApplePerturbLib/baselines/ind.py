@@ -91,7 +91,7 @@ def base_model_split(backbone: Backbone) -> CohortSplit:
 
 @contextmanager
 def _staged_folder(out_dir: Path, should_stop: Callable[[], bool] | None) -> Iterator[Path]:
-    """Yield an empty sibling folder to write into; it replaces ``out_dir`` only when the block succeeds.
+    """Yield an empty sibling folder to write into, which replaces ``out_dir`` only when the block succeeds.
 
     An interrupted or failed run leaves ``out_dir`` as it was, so a finished
     InD folder is never half overwritten.
@@ -116,6 +116,24 @@ def _staged_folder(out_dir: Path, should_stop: Callable[[], bool] | None) -> Ite
     shutil.rmtree(previous, ignore_errors=True)
 
 
+def _training_records(manifest: Path, backbone_name: str, attribute: str, split: CohortSplit,
+                      config: BaseTrainingConfig, max_images: int | None,
+                      reporter: Reporter) -> tuple[list, dict[str, int], list[str]]:
+    """Return the train split's records, its group counts and the group names, and report the start.
+
+    Raises:
+        InvalidInputError: the training split has images of fewer than 2 groups.
+    """
+    from ApplePerturbLib.workflows import limit_images
+
+    records = limit_images(split.select(read_manifest(manifest), "train"), max_images, config.seed)
+    counts = require_groups(records, attribute, split.age_threshold, where="training split", method="InD")
+    names = group_names(attribute, split.age_threshold)
+    reporter.event("start", command="train-ind", backbone=backbone_name, attribute=attribute, groups=names,
+                   images=len(records), epochs=config.epochs)
+    return records, counts, names
+
+
 def train_ind(manifest: Path, base_path: Path, attribute: str, out_dir: Path, config: BaseTrainingConfig,
               reporter: Reporter, device: str = "auto", max_images: int | None = None,
               should_stop: Callable[[], bool] | None = None) -> dict:
@@ -129,18 +147,14 @@ def train_ind(manifest: Path, base_path: Path, attribute: str, out_dir: Path, co
         InvalidInputError: the training split has images of fewer than 2 groups.
         CheckpointError: ``base_path`` is not a U-Net or TransUNet file.
     """
-    from ApplePerturbLib.workflows import limit_images, select_device
+    from ApplePerturbLib.workflows import select_device
 
     started = time.perf_counter()
     torch_device = select_device(device)
     base = load_trained_backbone(base_path, torch_device)
     split = base_model_split(base)
     config = replace(config, input_size=base.input_size)
-    records = limit_images(split.select(read_manifest(manifest), "train"), max_images, config.seed)
-    counts = require_groups(records, attribute, split.age_threshold, where="training split", method="InD")
-    names = group_names(attribute, split.age_threshold)
-    reporter.event("start", command="train-ind", backbone=base.name, attribute=attribute, groups=names,
-                   images=len(records), epochs=config.epochs)
+    records, counts, names = _training_records(manifest, base.name, attribute, split, config, max_images, reporter)
 
     with _staged_folder(out_dir, should_stop) as folder:
         shutil.copyfile(base_path, folder / BASE_FILE)
@@ -170,22 +184,19 @@ def train_ind_decoders(manifest: Path, backbone_name: str, checkpoint: Path | No
                        config: BaseTrainingConfig, split: CohortSplit, reporter: Reporter, device: str = "auto",
                        max_images: int | None = None, cache_folder: Path | None = None,
                        should_stop: Callable[[], bool] | None = None) -> dict:
-    """InD for a promptable backbone: fine-tune one copy of its mask decoder per group; returns the index written.
+    """Fine-tune one copy of a promptable backbone's mask decoder per group (InD) and return the index written.
 
     Latents come from (and go to) the latent cache, so the image encoder
     runs once per image across ``train``, ``sweep-beta`` and this command.
     """
     from ApplePerturbLib.latents import encode_cohort
-    from ApplePerturbLib.workflows import limit_images, select_device
+    from ApplePerturbLib.workflows import select_device
 
     started = time.perf_counter()
     backbone = build_backbone(backbone_name, checkpoint, select_device(device))
     config = replace(config, input_size=backbone.input_size)
-    records = limit_images(split.select(read_manifest(manifest), "train"), max_images, config.seed)
-    counts = require_groups(records, attribute, split.age_threshold, where="training split", method="InD")
-    names = group_names(attribute, split.age_threshold)
-    reporter.event("start", command="train-ind", backbone=backbone.name, attribute=attribute, groups=names,
-                   images=len(records), epochs=config.epochs)
+    records, counts, names = _training_records(manifest, backbone.name, attribute, split, config, max_images,
+                                               reporter)
     samples = encode_cohort(backbone, records, cache_folder, reporter, should_stop)
     original = copy.deepcopy(backbone.mask_decoder.state_dict())
     with _staged_folder(out_dir, should_stop) as folder:
@@ -278,14 +289,18 @@ def _check_group_metadata(path: Path, metadata: dict, name: str, index: dict) ->
 def _load_checked(ind_dir: Path, entry: dict, device) -> Backbone:
     """Load one model of the InD folder, rejecting a file whose SHA-256 differs from the index."""
     if not entry.get("file"):
-        raise CheckpointError(f"{Path(ind_dir) / INDEX_NAME} names no model file for a {entry}; "
+        raise CheckpointError(f"{Path(ind_dir) / INDEX_NAME} has an entry without a model file ({entry}); "
                               "rerun 'apple-perturb train-ind'.")
     path = Path(ind_dir) / entry["file"]
     model = load_trained_backbone(path, device)
     if model.weights_sha256 != entry["sha256"]:
-        raise CheckpointError(f"{path} changed since 'apple-perturb train-ind' wrote it (SHA-256 differs from "
-                              f"{INDEX_NAME}); rerun train-ind.")
+        raise _changed_file_error(path)
     return model
+
+
+def _changed_file_error(path: Path) -> CheckpointError:
+    return CheckpointError(f"{path} changed since 'apple-perturb train-ind' wrote it (SHA-256 differs from "
+                           f"{INDEX_NAME}); rerun train-ind.")
 
 
 def _load_models(ind_dir: Path, index: dict, device) -> tuple[Backbone, dict[str, Backbone]]:
@@ -296,6 +311,7 @@ def _load_models(ind_dir: Path, index: dict, device) -> tuple[Backbone, dict[str
     if unknown or not index.get("groups"):
         raise CheckpointError(f"{ind_dir / INDEX_NAME} lists groups {sorted(index.get('groups', {}))} for attribute "
                               f"{index.get('attribute')!r} (expected some of {expected}); rerun 'apple-perturb train-ind'.")
+
     if index.get("architecture") not in PROMPTABLE_BACKBONES:
         base = _load_checked(ind_dir, index["base"], device)
         models = {}
@@ -303,6 +319,7 @@ def _load_models(ind_dir: Path, index: dict, device) -> tuple[Backbone, dict[str
             models[name] = _load_checked(ind_dir, entry, device)
             _check_group_metadata(ind_dir / entry["file"], models[name].training_metadata, name, index)
         return base, models
+
     entry = index["base"]
     if entry.get("checkpoint") is None and index["architecture"] != "litemedsam":
         raise CheckpointError(f"{ind_dir / INDEX_NAME} names no weights file for {index['architecture']} (only "
@@ -311,12 +328,12 @@ def _load_models(ind_dir: Path, index: dict, device) -> tuple[Backbone, dict[str
     if base.weights_sha256 != entry["sha256"]:
         raise CheckpointError(f"the {index['architecture']} weights ({entry.get('checkpoint') or 'shipped weights'}) "
                               f"changed since 'apple-perturb train-ind' wrote {ind_dir / INDEX_NAME}; rerun train-ind.")
+
     models = {}
     for name, group_entry in index["groups"].items():
         path = ind_dir / group_entry["file"]
         if path.is_file() and file_sha256(path) != group_entry["sha256"]:
-            raise CheckpointError(f"{path} changed since 'apple-perturb train-ind' wrote it (SHA-256 differs from "
-                                  f"{INDEX_NAME}); rerun train-ind.")
+            raise _changed_file_error(path)
         models[name] = copy.deepcopy(base)
         _check_group_metadata(path, load_mask_decoder(path, models[name]), name, index)
     return base, models
@@ -325,7 +342,7 @@ def _load_models(ind_dir: Path, index: dict, device) -> tuple[Backbone, dict[str
 def evaluate_ind(manifest: Path, ind_dir: Path, split_name: str, out: Path, reporter: Reporter,
                  device: str = "auto", save_masks: bool = False,
                  should_stop: Callable[[], bool] | None = None, cache_folder: Path | None = None) -> dict:
-    """Segment a split with the base model and with each image's group model; writes the ``evaluate`` layout.
+    """Segment a split with the base model and with each image's group model, in the ``evaluate`` layout.
 
     With ``cache_folder`` the base model's latents come from the latent cache (see ``segment_record``).
     """
